@@ -1,0 +1,105 @@
+"""Student and teacher models: torchvision architectures, no pretrained weights.
+
+The camera runs a small student; the server's teacher is a larger network
+trained on every condition of the world. Weights never come from a hub.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+__all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "predict",
+           "default_device", "state_to_numpy", "numpy_to_state", "count_params", "clone"]
+
+STUDENTS: dict[str, Callable[[int], nn.Module]] = {
+    "mobilenet_v3_small": lambda k: tvm.mobilenet_v3_small(num_classes=k),
+    "shufflenet_v2_x0_5": lambda k: tvm.shufflenet_v2_x0_5(num_classes=k),
+}
+TEACHERS: dict[str, Callable[[int], nn.Module]] = {
+    "resnet18": lambda k: tvm.resnet18(num_classes=k),
+    "resnet34": lambda k: tvm.resnet34(num_classes=k),
+}
+
+# Per-channel statistics of the synthetic world's frames, fixed so that every
+# model (and every camera) normalises identically.
+_MEAN = torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1)
+_STD = torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1)
+
+
+def _build(table: dict, kind: str, arch: str, num_classes: int, seed: int) -> nn.Module:
+    if arch not in table:
+        raise ValueError(f"unknown {kind} architecture {arch!r}; choose one of: {', '.join(table)}")
+    torch.manual_seed(seed)
+    return table[arch](num_classes)
+
+
+def build_student(arch: str = "mobilenet_v3_small", num_classes: int = 6, seed: int = 0) -> nn.Module:
+    """A freshly initialised student of architecture ``arch``.
+
+    torchvision's MobileNetV3 uses BatchNorm momentum 0.01, tuned for long
+    ImageNet runs; the short continual-learning jobs here need the usual 0.1 so
+    that running statistics follow the drifting data.
+    """
+    model = _build(STUDENTS, "student", arch, num_classes, seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return model
+
+
+def build_teacher(arch: str = "resnet18", num_classes: int = 6, seed: int = 0) -> nn.Module:
+    """A freshly initialised teacher of architecture ``arch``."""
+    return _build(TEACHERS, "teacher", arch, num_classes, seed)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) frames -> normalised float (N, 3, H, W)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected frames of shape (N, H, W, 3), got {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    return (x - _MEAN.to(device)) / _STD.to(device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
+            device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class predictions and their softmax confidence for uint8 frames."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    preds, confs = [], []
+    for i in range(0, len(images), batch_size):
+        probs = model(to_tensor(images[i:i + batch_size], device)).softmax(dim=1)
+        conf, pred = probs.max(dim=1)
+        preds.append(pred.cpu().numpy())
+        confs.append(conf.cpu().numpy())
+    if not preds:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(preds), np.concatenate(confs)
+
+
+def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """Weights as plain numpy arrays: cheap to ship between processes."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def numpy_to_state(model: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
+    """Load ``state`` (from :func:`state_to_numpy`) into ``model`` in place."""
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

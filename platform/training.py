@@ -1,0 +1,157 @@
+"""One training loop for every job: retraining a student, micro-profiling, the teacher.
+
+Deterministic for a given ``TrainSpec.seed``; optional online early stopping on a
+held-out split (EdgeSync's training manager stops a job once it stops improving).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import to_tensor
+
+__all__ = ["TrainSpec", "FitResult", "fit", "evaluate", "head_parameters"]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How to train one job.
+
+    Attributes:
+        epochs: the most epochs to run.
+        batch_size: minibatch size.
+        lr: Adam learning rate.
+        layers: ``"all"`` trains every layer, ``"head"`` only the classifier (Ekya's
+            "last layer only" configuration).
+        patience: stop after this many epochs without a better validation loss;
+            0 runs all ``epochs``.
+        val_fraction: share of samples held out for early stopping.
+        seed: seeds the initialisation of randomness (shuffling, augmentation).
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    layers: str = "all"
+    patience: int = 0
+    val_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.layers not in ("all", "head"):
+            raise ValueError(f"TrainSpec.layers must be 'all' or 'head', got {self.layers!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("TrainSpec needs epochs >= 1, batch_size >= 1 and lr > 0")
+
+
+@dataclass
+class FitResult:
+    """What a finished job reports: the epochs it ran (its GPU cost), its
+    per-epoch validation accuracy and the samples it trained on."""
+
+    epochs_run: int
+    samples: int
+    val_accuracy: list[float] = field(default_factory=list)
+
+    @property
+    def sample_epochs(self) -> int:
+        return self.epochs_run * self.samples
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The final classifier's parameters (``classifier``/``fc``/``head``)."""
+    for name in ("classifier", "fc", "head"):
+        if hasattr(model, name):
+            return list(getattr(model, name).parameters())
+    raise ValueError(f"{type(model).__name__} has no classifier/fc/head module")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+             device: torch.device | str = "cpu") -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on labelled frames."""
+    model.eval()
+    x, y = to_tensor(images, device), torch.as_tensor(labels, device=device)
+    logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    return float((logits.argmax(1) == y).float().mean().item()), loss
+
+
+def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
+        weights: np.ndarray | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
+        device: torch.device | str = "cpu") -> FitResult:
+    """Train ``model`` in place on uint8 frames and integer labels.
+
+    ``weights`` scale each sample's loss (EdgeSync's timeliness weighting). With
+    ``spec.patience`` > 0 and no explicit ``val``, a ``val_fraction`` split is held
+    out and the best epoch's weights are kept.
+    """
+    n = len(labels)
+    if n == 0:
+        return FitResult(0, 0)
+    rng = np.random.default_rng(spec.seed)
+    torch.manual_seed(spec.seed)
+    weights = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
+    train_idx = np.arange(n)
+    if val is None and spec.patience > 0 and n >= 8:
+        perm = rng.permutation(n)
+        n_val = max(2, int(round(n * spec.val_fraction)))
+        val = (images[perm[:n_val]], labels[perm[:n_val]])
+        train_idx = perm[n_val:]
+
+    model.to(device)
+    params = head_parameters(model) if spec.layers == "head" else list(model.parameters())
+    opt = torch.optim.Adam(params, lr=spec.lr)
+    x_all = to_tensor(images[train_idx], device)
+    y_all = torch.as_tensor(labels[train_idx], device=device)
+    w_all = torch.as_tensor(weights[train_idx], device=device)
+    w_all = w_all / w_all.mean()
+
+    best_loss, best_state, since_best = float("inf"), None, 0
+    history: list[float] = []
+    epochs_run = 0
+    for epoch in range(spec.epochs):
+        _train_mode(model, spec.layers)
+        perm = torch.from_numpy(rng.permutation(len(train_idx)))
+        for i in range(0, len(perm), spec.batch_size):
+            b = perm[i:i + spec.batch_size]
+            if len(b) < 2:  # BatchNorm cannot train on one sample
+                continue
+            x = x_all[b]
+            flip = torch.from_numpy(rng.random(len(b)) < 0.5).to(device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+            loss = (nn.functional.cross_entropy(model(x), y_all[b], reduction="none") * w_all[b]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        epochs_run = epoch + 1
+        if val is not None:
+            acc, vloss = evaluate(model, val[0], val[1], device)
+            history.append(acc)
+            if spec.patience > 0:
+                if vloss < best_loss - 1e-4:
+                    best_loss, since_best = vloss, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    since_best += 1
+                    if since_best >= spec.patience:
+                        break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(epochs_run, len(train_idx), history)
+
+
+def _train_mode(model: nn.Module, layers: str) -> None:
+    """Train mode for what trains; a frozen backbone keeps its BatchNorm statistics."""
+    if layers == "all":
+        model.train()
+        return
+    model.eval()
+    for name in ("classifier", "fc", "head"):
+        if hasattr(model, name):
+            getattr(model, name).train()
