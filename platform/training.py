@@ -14,7 +14,7 @@ from torch import nn
 
 from .models import to_tensor
 
-__all__ = ["TrainSpec", "FitResult", "fit", "evaluate", "head_parameters"]
+__all__ = ["TrainSpec", "FitResult", "fit", "evaluate", "head_parameters", "top_gradient_mask"]
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,14 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
         weights: np.ndarray | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
+        grad_mask: dict[str, torch.Tensor] | None = None,
         device: torch.device | str = "cpu") -> FitResult:
     """Train ``model`` in place on uint8 frames and integer labels.
 
     ``weights`` scale each sample's loss (EdgeSync's timeliness weighting). With
     ``spec.patience`` > 0 and no explicit ``val``, a ``val_fraction`` split is held
-    out and the best epoch's weights are kept.
+    out and the best epoch's weights are kept. ``grad_mask`` (parameter name ->
+    0/1 tensor) confines training to the selected coordinates (AMS).
     """
     n = len(labels)
     if n == 0:
@@ -127,6 +129,10 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
             loss = (nn.functional.cross_entropy(model(x), y_all[b], reduction="none") * w_all[b]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_mask is not None:
+                for name, p in model.named_parameters():
+                    if p.grad is not None and name in grad_mask:
+                        p.grad.mul_(grad_mask[name])
             opt.step()
         epochs_run = epoch + 1
         if val is not None:
@@ -144,6 +150,23 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
         model.load_state_dict(best_state)
     model.eval()
     return FitResult(epochs_run, len(train_idx), history)
+
+
+def top_gradient_mask(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+                      fraction: float, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """0/1 masks selecting the ``fraction`` of parameters with the largest
+    gradient magnitude on the given samples (AMS's gradient-guided update)."""
+    model.to(device).train()
+    model.zero_grad(set_to_none=True)
+    x, y = to_tensor(images, device), torch.as_tensor(labels, device=device)
+    nn.functional.cross_entropy(model(x), y).backward()
+    named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    flat = torch.cat([p.grad.abs().flatten() for _, p in named])
+    k = max(1, int(fraction * flat.numel()))
+    threshold = flat.kthvalue(flat.numel() - k + 1).values
+    masks = {n: (p.grad.abs() >= threshold).float() for n, p in named}
+    model.zero_grad(set_to_none=True)
+    return masks
 
 
 def _train_mode(model: nn.Module, layers: str) -> None:

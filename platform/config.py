@@ -1,0 +1,215 @@
+"""Simulation configuration: dataclasses, YAML loading, validation at the edge.
+
+Every field has a docstring entry; a config file may set any subset of them,
+and anything it names that does not exist is an error (never silently ignored).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .world import SCENARIOS, WorldConfig
+
+__all__ = ["CostModel", "EdgeSyncParams", "SimConfig", "ConfigError", "load_config",
+           "config_to_dict", "config_from_dict"]
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is not usable; the message says which."""
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Virtual-clock costs, in simulated seconds. Results depend on these, never
+    on how busy the machine running the simulation is.
+
+    The defaults model a fleet whose server trains ~20 student sample-epochs per
+    second and labels ~100 frames per second (a shared GPU training a
+    MobileNetV3 at camera resolution); ``experiments/drift_sim.py --calibrate``
+    measures this machine's real costs instead.
+
+    Attributes:
+        infer_s_per_frame: student inference on the camera, per frame.
+        label_s_per_frame: teacher labeling on the server, per frame.
+        train_s_per_sample_epoch: student training on the server, per sample-epoch.
+        downlink_s_per_mparam: time to ship one million parameters to a camera.
+    """
+
+    infer_s_per_frame: float = 0.002
+    label_s_per_frame: float = 0.01
+    train_s_per_sample_epoch: float = 0.05
+    downlink_s_per_mparam: float = 1.0
+
+
+@dataclass(frozen=True)
+class EdgeSyncParams:
+    """Hyperparameters of the ``edgesync`` strategy (the ones Tune searches).
+
+    Attributes:
+        tau: timeliness decay (seconds): a sample of age ``a`` weighs ``exp(-a/tau)``.
+        w_conf: filter weight of low student confidence.
+        w_time: filter weight of timeliness.
+        w_novel: filter weight of a predicted class whose share rose this window.
+        horizon: oldest sample age (seconds) a job trains on.
+        max_epochs: the most epochs a job may run.
+        patience: early-stopping patience in epochs.
+        skip_accuracy: no job for a camera whose estimated accuracy is at least this.
+        w_drift: priority weight of the estimated accuracy gap.
+        w_mix: priority weight of the shift in predicted class mix.
+        w_stale: priority weight of time since the camera's last update (per window).
+    """
+
+    tau: float = 90.0
+    w_conf: float = 1.0
+    w_time: float = 1.0
+    w_novel: float = 0.5
+    horizon: float = 180.0
+    max_epochs: int = 12
+    patience: int = 2
+    skip_accuracy: float = 0.92
+    w_drift: float = 1.0
+    w_mix: float = 0.5
+    w_stale: float = 0.1
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulation run.
+
+    Attributes:
+        scenario: a named drift scenario (see ``driftlab.platform.world.SCENARIOS``).
+        cameras: number of cameras in the fleet.
+        duration: stream seconds each camera plays.
+        seed: seeds the streams, the models and every job.
+        strategies: strategies to run, each on the same streams.
+        window: retraining window in seconds (Ekya's retraining window).
+        tick: the simulation step; deployments land at exact times within it.
+        upload_fraction: bandwidth budget, the share of frames a camera may upload.
+        server_gpus: training GPUs on the server shared by the whole fleet.
+        fixed_epochs: epochs of the ``periodic`` strategy's jobs.
+        student: student architecture.
+        teacher: teacher architecture.
+        teacher_checkpoint: a checkpoint to use instead of the cached teacher.
+        warmup: seconds of each camera's past its initial student is trained on.
+        source: a video file every camera reads instead of the synthetic world.
+        source_labels: optional CSV (frame,label) with ground truth for ``source``.
+        world: the synthetic world's properties.
+        costs: the virtual clock's cost model.
+        edgesync: the ``edgesync`` strategy's hyperparameters.
+    """
+
+    scenario: str = "day_night"
+    cameras: int = 4
+    duration: float = 600.0
+    seed: int = 0
+    strategies: tuple[str, ...] = ("static", "periodic", "ekya", "ams", "edgesync")
+    window: float = 60.0
+    tick: float = 10.0
+    upload_fraction: float = 0.2
+    server_gpus: float = 1.0
+    fixed_epochs: int = 10
+    student: str = "mobilenet_v3_small"
+    teacher: str = "resnet18"
+    teacher_checkpoint: str | None = None
+    warmup: float = 400.0
+    source: str | None = None
+    source_labels: str | None = None
+    world: WorldConfig = field(default_factory=WorldConfig)
+    costs: CostModel = field(default_factory=CostModel)
+    edgesync: EdgeSyncParams = field(default_factory=EdgeSyncParams)
+
+    def __post_init__(self):
+        _validate_positive(self, "cameras", "duration", "window", "tick", "server_gpus",
+                           "fixed_epochs", "warmup")
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"unknown scenario {self.scenario!r}; choose one of: "
+                              f"{', '.join(SCENARIOS)}")
+        if not 0.0 < self.upload_fraction <= 1.0:
+            raise ConfigError(f"upload_fraction must be in (0, 1], got {self.upload_fraction}")
+        if self.window % self.tick != 0:
+            raise ConfigError(f"window ({self.window}) must be a multiple of tick ({self.tick})")
+        if self.duration < self.window:
+            raise ConfigError(f"duration ({self.duration}) must be at least one window ({self.window})")
+        if not self.strategies:
+            raise ConfigError("no strategy to run")
+        from .strategies import STRATEGIES  # late: strategies import this module
+
+        for s in self.strategies:
+            if s not in STRATEGIES:
+                raise ConfigError(f"unknown strategy {s!r}; choose from: {', '.join(STRATEGIES)}")
+
+    @property
+    def num_ticks(self) -> int:
+        return int(round(self.duration / self.tick))
+
+
+def _validate_positive(cfg: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"{n} must be a positive number, got {v!r}")
+
+
+_NESTED = {"world": WorldConfig, "costs": CostModel, "edgesync": EdgeSyncParams}
+
+
+def config_from_dict(values: dict[str, Any], base: SimConfig | None = None) -> SimConfig:
+    """A :class:`SimConfig` from plain values over ``base`` (default: the defaults)."""
+    base = base or SimConfig()
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of field names to values, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(SimConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in _NESTED:
+            kwargs[name] = _nested(name, _NESTED[name], getattr(base, name), value)
+        elif name == "strategies":
+            kwargs[name] = tuple([value] if isinstance(value, str) else value)
+        else:
+            kwargs[name] = value
+    try:
+        return dataclasses.replace(base, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _nested(name: str, cls: type, base: Any, value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field {name!r} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(value) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown field(s) in {name!r}: {', '.join(sorted(unknown))}")
+    for k, v in value.items():
+        expected = type(getattr(base, k))
+        if expected in (int, float) and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            raise ConfigError(f"{name}.{k} must be a number, got {v!r}")
+    try:
+        return dataclasses.replace(base, **value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def load_config(path: str, base: SimConfig | None = None) -> SimConfig:
+    """Read a YAML config file over ``base``; any problem is a :class:`ConfigError`."""
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    return config_from_dict(values, base)
+
+
+def config_to_dict(cfg: SimConfig) -> dict[str, Any]:
+    """Plain values (for YAML and Parquet metadata) that :func:`config_from_dict` reads back."""
+    d = dataclasses.asdict(cfg)
+    d["strategies"] = list(cfg.strategies)
+    return d

@@ -1,0 +1,131 @@
+"""Results of a simulation: per-frame and per-job tables, the summary, the plot.
+
+:class:`ResultSink` collects rows as the run goes and rewrites its Parquet files
+atomically after every window, so a crash loses at most the current window.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ResultSink", "summarize", "format_table", "plot_accuracy", "SUMMARY_COLUMNS"]
+
+SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "frames_uploaded",
+                   "label_gpu_s", "train_gpu_s", "jobs"]
+
+
+class ResultSink:
+    """Accumulates frame and job rows; ``flush()`` writes them to ``out_dir``."""
+
+    def __init__(self, out_dir: str | None):
+        self.out_dir = out_dir
+        self._frames: list[pd.DataFrame] = []
+        self._jobs: list[dict] = []
+        self.uploads: dict[str, int] = {}
+        self.label_gpu_s: dict[str, float] = {}
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+
+    def add_frames(self, strategy: str, log) -> None:
+        self._frames.append(pd.DataFrame({
+            "strategy": strategy, "camera": log.camera, "t": log.times, "label": log.labels,
+            "pred": log.preds, "correct": log.preds == log.labels, "conf": log.confs,
+            "model_version": log.versions, "drifted": log.drifted}))
+
+    def add_job(self, strategy: str, job) -> None:
+        self._jobs.append({"strategy": strategy, "camera": job.camera, "submitted": job.submitted,
+                           "started": job.started, "finished": job.finished,
+                           "deployed": job.deployed, "samples": job.samples,
+                           "epochs": job.epochs, "gpu_s": job.gpu_s})
+
+    def frames(self) -> pd.DataFrame:
+        if not self._frames:
+            return pd.DataFrame(columns=["strategy", "camera", "t", "label", "pred", "correct",
+                                         "conf", "model_version", "drifted"])
+        return pd.concat(self._frames, ignore_index=True)
+
+    def jobs(self) -> pd.DataFrame:
+        return pd.DataFrame(self._jobs, columns=["strategy", "camera", "submitted", "started",
+                                                 "finished", "deployed", "samples", "epochs", "gpu_s"])
+
+    def flush(self) -> None:
+        if not self.out_dir:
+            return
+        self._frames = [self.frames()]
+        _write_parquet(self._frames[0], os.path.join(self.out_dir, "frames.parquet"))
+        _write_parquet(self.jobs(), os.path.join(self.out_dir, "jobs.parquet"))
+
+    def summary(self, strategies: list[str]) -> pd.DataFrame:
+        return summarize(self.frames(), self.jobs(), strategies, self.uploads, self.label_gpu_s)
+
+
+def _write_parquet(df: pd.DataFrame, path: str) -> None:
+    tmp = f"{path}.tmp"
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def summarize(frames: pd.DataFrame, jobs: pd.DataFrame, strategies: list[str],
+              uploads: dict[str, int], label_gpu_s: dict[str, float]) -> pd.DataFrame:
+    """One row per strategy: the columns of the results table."""
+    rows = []
+    for s in strategies:
+        f, j = frames[frames.strategy == s], jobs[jobs.strategy == s]
+        known = f[f.label >= 0]
+        drift = known[known.drifted]
+        delay = (j.deployed - j.submitted).mean() if len(j) else float("nan")
+        rows.append({
+            "strategy": s,
+            "accuracy": float(known.correct.mean()) if len(known) else float("nan"),
+            "drift_accuracy": float(drift.correct.mean()) if len(drift) else float("nan"),
+            "update_delay_s": float(delay),
+            "frames_uploaded": int(uploads.get(s, 0)),
+            "label_gpu_s": float(round(label_gpu_s.get(s, 0.0), 6)),
+            "train_gpu_s": float(round(j.gpu_s.sum(), 6)) if len(j) else 0.0,
+            "jobs": int(len(j)),
+        })
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """The summary as a readable fixed-width table (accuracies in %)."""
+    lines = [f"{'strategy':<10} {'acc %':>7} {'drift acc %':>11} {'delay s':>8} "
+             f"{'uploaded':>9} {'label GPU-s':>11} {'train GPU-s':>11} {'jobs':>5}"]
+    for r in summary.itertuples():
+        delay = "-" if np.isnan(r.update_delay_s) else f"{r.update_delay_s:.1f}"
+        drift = "-" if np.isnan(r.drift_accuracy) else f"{100 * r.drift_accuracy:.1f}"
+        lines.append(f"{r.strategy:<10} {100 * r.accuracy:>7.1f} {drift:>11} {delay:>8} "
+                     f"{r.frames_uploaded:>9d} {r.label_gpu_s:>11.1f} {r.train_gpu_s:>11.1f} {r.jobs:>5d}")
+    return "\n".join(lines)
+
+
+def plot_accuracy(frames: pd.DataFrame, path: str, bin_s: float = 20.0, title: str = "") -> None:
+    """Accuracy over stream time (all cameras), one line per strategy; periods
+    when most cameras are drifted are shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    known = frames[frames.label >= 0].copy()
+    known["bin"] = (known.t // bin_s) * bin_s + bin_s / 2
+    first = known[known.strategy == known.strategy.iloc[0]] if len(known) else known
+    drift = first.groupby("bin").drifted.mean()
+    for b, share in drift.items():
+        if share > 0:
+            ax.axvspan(b - bin_s / 2, b + bin_s / 2, color="tab:gray", alpha=0.25 * share, lw=0)
+    for s, g in known.groupby("strategy", sort=False):
+        acc = g.groupby("bin").correct.mean() * 100
+        ax.plot(acc.index, acc.values, label=s, lw=1.8 if s == "edgesync" else 1.2)
+    ax.set_xlabel("stream time (s)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "accuracy over time (shaded: share of cameras under drift)")
+    ax.legend(loc="lower left", ncol=5, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,107 @@
+"""The inline runner: every strategy of a config, one process, same streams.
+
+Builds the fleet once (sources, the cached teacher, each camera's initial
+student), runs each strategy through :func:`driftlab.platform.sim.run_strategy`
+and streams the results into a :class:`ResultSink`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from .config import SimConfig, config_to_dict
+from .metrics import ResultSink, format_table, plot_accuracy
+from .models import default_device, predict
+from .sim import Fleet, run_strategy
+from .world import CameraStream, VideoFileSource, get_scenario
+from .zoo import initial_student, load_teacher
+
+__all__ = ["build_fleet", "run_inline", "set_determinism"]
+
+
+def set_determinism(threads: int | None = None) -> None:
+    """Fix torch's thread count so float results repeat run to run."""
+    torch.set_num_threads(threads or min(2, os.cpu_count() or 1))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
+    device = default_device()
+    teacher = load_teacher(cfg.world, cfg.teacher, cfg.teacher_checkpoint, device, log)
+    past = int(round(cfg.warmup * cfg.world.fps))
+    if cfg.source:
+        # Every camera plays the same file (one decode, shared read-only).
+        sources = [VideoFileSource(cfg.source, cfg.world.size, cfg.source_labels)] * cfg.cameras
+        keys = [(os.path.abspath(cfg.source), os.path.getmtime(cfg.source), cfg.source_labels)] * cfg.cameras
+        past = min(past, max(8, sources[0].num_frames // 5))
+    else:
+        scenario = get_scenario(cfg.scenario)
+        sources = [CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration)
+                   for i in range(cfg.cameras)]
+        keys = [(str(cfg.world), cfg.scenario, cfg.cameras, cfg.seed, i) for i in range(cfg.cameras)]
+    log(f"preparing {cfg.cameras} initial students (cached after the first run) ...")
+    students = [initial_student(src, cfg.student, cfg.world.num_classes, past, key, teacher, device)
+                for src, key in zip(sources, keys)]
+    truth = []
+    for src in sources:
+        labels = src.frames(0, src.num_frames).labels if cfg.source else None
+        if labels is not None and (labels < 0).any():
+            # No ground truth for these frames: the teacher's labels stand in.
+            labels = labels.copy()
+            labels[labels < 0] = predict(teacher, src.images[labels < 0], device=device)[0]
+        truth.append(labels)
+    return Fleet(sources, students, teacher, device, truth)
+
+
+def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True,
+               log: Callable[[str], None] = print, fleet: Fleet | None = None) -> pd.DataFrame:
+    """Run every strategy of ``cfg``; write results to ``out_dir``; return the summary."""
+    set_determinism()
+    fleet = fleet or build_fleet(cfg, log)
+    sink = ResultSink(out_dir)
+    if out_dir:
+        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    window_ticks = max(1, int(round(cfg.window / cfg.tick)))
+    for name in cfg.strategies:
+        bar = _progress(cfg, name, progress)
+        ticks = [0]
+
+        def on_tick(t, logs, jobs, name=name, bar=bar):
+            for lg in logs:
+                sink.add_frames(name, lg)
+            for j in jobs:
+                sink.add_job(name, j)
+            ticks[0] += 1
+            if ticks[0] % window_ticks == 0:
+                sink.flush()
+            if bar is not None:
+                bar.update(1)
+
+        _, server = run_strategy(cfg, name, fleet, on_tick)
+        sink.uploads[name] = server.uploaded
+        sink.label_gpu_s[name] = server.label_gpu_s
+        if bar is not None:
+            bar.close()
+        sink.flush()
+    summary = sink.summary(list(cfg.strategies))
+    if out_dir:
+        summary.to_parquet(os.path.join(out_dir, "summary.parquet"), index=False)
+        plot_accuracy(sink.frames(), os.path.join(out_dir, "accuracy.png"),
+                      title=f"{cfg.scenario if not cfg.source else os.path.basename(cfg.source)}: "
+                            f"{cfg.cameras} cameras, seed {cfg.seed}")
+    return summary
+
+
+def _progress(cfg: SimConfig, name: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.num_ticks, desc=f"{name:>9}", unit="tick", leave=True,
+                bar_format="{desc} {bar} {n_fmt}/{total_fmt} ticks [{elapsed}<{remaining}]")

@@ -1,0 +1,107 @@
+"""The server's side of the loop: retraining requests, jobs, and the GPU timeline.
+
+Pure bookkeeping on the virtual clock; the policies that fill these in live in
+:mod:`driftlab.platform.strategies`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .training import TrainSpec
+
+__all__ = ["Request", "Job", "SampleStore", "share_gpu"]
+
+
+@dataclass
+class Request:
+    """A camera asks for retraining after uploading frames the teacher labelled.
+
+    Attributes:
+        camera: the camera's index.
+        cutoff: stream time of the newest sample the request covers.
+        ready: when the teacher's labels are back (cutoff + labeling time).
+        est_accuracy: agreement of the camera's predictions with the teacher's
+            labels on the uploaded frames, an estimate of its current accuracy.
+        mix_shift: change of the camera's predicted class mix since the last request.
+        last_update: when the camera last received new weights.
+    """
+
+    camera: int
+    cutoff: float
+    ready: float
+    est_accuracy: float
+    mix_shift: float
+    last_update: float
+
+
+@dataclass
+class Job:
+    """A retraining job a manager starts.
+
+    Attributes:
+        request: the request it serves.
+        spec: how to train.
+        since: train on samples newer than this stream time (and up to the cutoff).
+        tau: timeliness decay of sample weights (None: equal weights).
+        data_fraction: share of the selected samples used (Ekya's subsample).
+        share: share of the server's GPUs the job runs with.
+        overhead_s: extra GPU-seconds charged (e.g. Ekya's micro-profiling).
+        update_fraction: share of parameters the job may change and ship (AMS).
+    """
+
+    request: Request
+    spec: TrainSpec
+    since: float
+    tau: float | None = None
+    data_fraction: float = 1.0
+    share: float = 1.0
+    overhead_s: float = 0.0
+    update_fraction: float = 1.0
+
+
+@dataclass
+class SampleStore:
+    """Teacher-labelled uploads of one camera, in arrival order."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    times: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, images: np.ndarray, labels: np.ndarray, times: np.ndarray) -> None:
+        self.images.append(images)
+        self.labels.append(labels)
+        self.times.append(times)
+
+    def select(self, since: float, until: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Samples with ``since < t <= until``: (images, labels, times)."""
+        if not self.times:
+            return np.empty((0, 1, 1, 3), np.uint8), np.empty(0, np.int64), np.empty(0)
+        t = np.concatenate(self.times)
+        keep = (t > since) & (t <= until)
+        return (np.concatenate(self.images)[keep], np.concatenate(self.labels)[keep], t[keep])
+
+
+def share_gpu(start: float, work: list[float], shares: list[float], gpus: float) -> list[float]:
+    """Finish times of jobs that start together and share ``gpus`` GPUs.
+
+    Job ``i`` needs ``work[i]`` GPU-seconds and gets ``shares[i]`` of the GPUs;
+    when a job finishes its share goes to the others in proportion to theirs
+    (work-conserving, as Ekya's scheduler re-assigns freed GPU).
+    """
+    remaining = np.asarray(work, float).copy()
+    weight = np.maximum(np.asarray(shares, float), 1e-9)
+    finish = np.full(len(work), start)
+    active = remaining > 0
+    t = start
+    while active.any():
+        rate = gpus * weight * active / weight[active].sum()
+        dt = np.where(active, remaining / np.where(active, rate, 1.0), np.inf)
+        step = dt.min()
+        t += step
+        remaining = np.where(active, remaining - rate * step, 0.0)
+        done = active & (remaining <= 1e-9)
+        finish[done] = t
+        active &= ~done
+    return finish.tolist()

@@ -1,0 +1,145 @@
+"""The trained models a simulation starts from, cached on disk.
+
+The teacher is trained once on every condition of the world, on cameras the
+simulation never uses; each camera's initial student is trained on that
+camera's own past (its initial condition only), as a deployed camera starts
+from a model fit to what it has seen. Both are cached by a key of everything
+that determines them, so a changed recipe never loads a stale model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import build_student, build_teacher
+from .training import TrainSpec, evaluate, fit
+from .world import CONDITIONS, FrameSource, WorldConfig, render_condition_set
+
+__all__ = ["TeacherRecipe", "cache_dir", "load_teacher", "train_teacher", "teacher_report",
+           "initial_student", "TEACHER_SEED", "HELDOUT_SEED"]
+
+TEACHER_SEED = 10_000   # cameras the teacher is trained on
+HELDOUT_SEED = 20_000   # cameras its held-out accuracy is measured on
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """How the teacher is trained.
+
+    Attributes:
+        arch: teacher architecture.
+        cameras: number of training cameras (backgrounds).
+        per_condition: frames per condition per camera.
+        epochs: training epochs.
+    """
+
+    arch: str = "resnet18"
+    cameras: int = 6
+    per_condition: int = 80
+    epochs: int = 5
+
+
+def cache_dir() -> str:
+    """Where trained models are cached: ``$DRIFTLAB_CACHE`` or ``~/.cache/driftlab``."""
+    path = os.environ.get("DRIFTLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "driftlab")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _key(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def train_teacher(world: WorldConfig, recipe: TeacherRecipe, device="cpu", log=print) -> nn.Module:
+    """Train a teacher on every named condition of the world."""
+    data = render_condition_set(world, list(CONDITIONS), recipe.per_condition, TEACHER_SEED,
+                                cameras=recipe.cameras)
+    model = build_teacher(recipe.arch, world.num_classes, seed=0)
+    log(f"training teacher {recipe.arch} on {len(data)} frames x {recipe.epochs} epochs ...")
+    fit(model, data.images, data.labels, TrainSpec(epochs=recipe.epochs, batch_size=32), device=device)
+    return model
+
+
+def teacher_report(model: nn.Module, world: WorldConfig, per_condition: int = 60,
+                   cameras: int = 2, device="cpu") -> dict[str, float]:
+    """Held-out accuracy per condition, on cameras the teacher never saw."""
+    names = list(CONDITIONS)
+    data = render_condition_set(world, names, per_condition, HELDOUT_SEED, cameras=cameras)
+    labels = data.labels.reshape(cameras, len(names), per_condition)
+    images = data.images.reshape(cameras, len(names), per_condition, *data.images.shape[1:])
+    return {name: float(np.mean([evaluate(model, images[c, k], labels[c, k], device)[0]
+                                 for c in range(cameras)]))
+            for k, name in enumerate(names)}
+
+
+def load_teacher(world: WorldConfig, arch: str = "resnet18", checkpoint: str | None = None,
+                 device="cpu", log=print) -> nn.Module:
+    """The teacher: from ``checkpoint`` if given, else cached (trained on first use)."""
+    model = build_teacher(arch, world.num_classes)
+    if checkpoint is not None:
+        _load_checkpoint(model, checkpoint)
+        return model.to(device).eval()
+    recipe = TeacherRecipe(arch=arch)
+    path = os.path.join(cache_dir(), f"teacher-{arch}-{_key(asdict(world), asdict(recipe))}.pt")
+    if os.path.exists(path):
+        _load_checkpoint(model, path)
+    else:
+        model = train_teacher(world, recipe, device, log)
+        _save(model, path)
+        log(f"cached teacher at {path}")
+    return model.to(device).eval()
+
+
+def _load_checkpoint(model: nn.Module, path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # torch raises many types for a bad file
+        raise ValueError(f"teacher checkpoint {path} does not fit a "
+                         f"{type(model).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def _save(model: nn.Module, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def initial_student(source: FrameSource, arch: str, num_classes: int, past_frames: int,
+                    key: tuple, teacher: nn.Module | None = None, device="cpu",
+                    epochs: int = 6) -> nn.Module:
+    """A camera's first student, trained on ``past_frames`` frames before t=0.
+
+    Frames with unknown labels (a video without a labels file) are labelled by
+    ``teacher``. ``key`` identifies the camera's stream for the cache.
+    """
+    from .models import predict
+
+    model = build_student(arch, num_classes, seed=0)
+    path = os.path.join(cache_dir(), f"student-{arch}-{_key(key, past_frames, epochs, num_classes)}.pt")
+    if os.path.exists(path):
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.to(device).eval()
+    past = source.frames(-past_frames, 0) if _has_past(source) else source.frames(0, past_frames)
+    labels = past.labels.copy()
+    if (labels < 0).any():
+        if teacher is None:
+            raise ValueError("unlabelled frames need a teacher to label them")
+        labels[labels < 0] = predict(teacher, past.images[labels < 0])[0][...]
+    fit(model, past.images, labels, TrainSpec(epochs=epochs, batch_size=32), device=device)
+    _save(model, path)
+    return model.to(device).eval()
+
+
+def _has_past(source: FrameSource) -> bool:
+    """Synthetic streams can render before t=0; a video file starts at frame 0."""
+    return not hasattr(source, "path")
