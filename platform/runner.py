@@ -7,6 +7,7 @@ and streams the results into a :class:`ResultSink`.
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -32,10 +33,10 @@ def set_determinism(threads: int | None = None) -> None:
 
 def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
     device = default_device()
-    teacher = load_teacher(cfg.world, cfg.teacher, cfg.teacher_checkpoint, device, log)
     past = int(round(cfg.warmup * cfg.world.fps))
     if cfg.source:
         # Every camera plays the same file (one decode, shared read-only).
+        # Opened first: a bad file fails before any model is trained.
         sources = [VideoFileSource(cfg.source, cfg.world.size, cfg.source_labels)] * cfg.cameras
         keys = [(os.path.abspath(cfg.source), os.path.getmtime(cfg.source), cfg.source_labels)] * cfg.cameras
         past = min(past, max(8, sources[0].num_frames // 5))
@@ -44,6 +45,7 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
         sources = [CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration)
                    for i in range(cfg.cameras)]
         keys = [(str(cfg.world), cfg.scenario, cfg.cameras, cfg.seed, i) for i in range(cfg.cameras)]
+    teacher = load_teacher(cfg.world, cfg.teacher, cfg.teacher_checkpoint, device, log)
     log(f"preparing {cfg.cameras} initial students (cached after the first run) ...")
     students = [initial_student(src, cfg.student, cfg.world.num_classes, past, key, teacher, device)
                 for src, key in zip(sources, keys)]
@@ -69,6 +71,7 @@ def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True
             yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
     window_ticks = max(1, int(round(cfg.window / cfg.tick)))
     for name in cfg.strategies:
+        started = time.time()
         bar = _progress(cfg, name, progress)
         ticks = [0]
 
@@ -88,6 +91,8 @@ def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True
         sink.label_gpu_s[name] = server.label_gpu_s
         if bar is not None:
             bar.close()
+        else:
+            log(f"{name:>9}: done in {time.time() - started:.0f} s")
         sink.flush()
     summary = sink.summary(list(cfg.strategies))
     if out_dir:

@@ -87,7 +87,7 @@ def load_teacher(world: WorldConfig, arch: str = "resnet18", checkpoint: str | N
         _load_checkpoint(model, checkpoint)
         return model.to(device).eval()
     recipe = TeacherRecipe(arch=arch)
-    path = os.path.join(cache_dir(), f"teacher-{arch}-{_key(asdict(world), asdict(recipe))}.pt")
+    path = os.path.join(cache_dir(), f"teacher-{arch}-{_key(asdict(world), asdict(recipe), CONDITIONS)}.pt")
     if os.path.exists(path):
         _load_checkpoint(model, path)
     else:
@@ -125,7 +125,7 @@ def initial_student(source: FrameSource, arch: str, num_classes: int, past_frame
     from .models import predict
 
     model = build_student(arch, num_classes, seed=0)
-    path = os.path.join(cache_dir(), f"student-{arch}-{_key(key, past_frames, epochs, num_classes)}.pt")
+    path = os.path.join(cache_dir(), f"student-{arch}-{_key(key, past_frames, epochs, num_classes, CONDITIONS)}.pt")
     if os.path.exists(path):
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.to(device).eval()

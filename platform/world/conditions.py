@@ -21,7 +21,7 @@ class Condition:
     """What the camera sees at one instant. Every field blends linearly.
 
     Attributes:
-        light: scene brightness gain (1 day, ~0.45 dusk, ~0.3 night).
+        light: scene brightness gain (1 day, ~0.55 dusk, ~0.4 night).
         noise: std of additive sensor noise, in [0, 1] intensity units.
         fog: blend weight toward a flat haze, in [0, 1].
         rain: density of rain streaks, in [0, 1].
@@ -68,14 +68,14 @@ class Condition:
 
 CONDITIONS: dict[str, Condition] = {
     "day": Condition(),
-    "dusk": Condition(light=0.45, noise=0.03, cast=(1.15, 0.9, 0.75)),
-    "night": Condition(light=0.3, noise=0.07, cast=(0.85, 0.9, 1.2)),
+    "dusk": Condition(light=0.55, noise=0.02, cast=(1.1, 0.92, 0.8)),
+    "night": Condition(light=0.4, noise=0.05, cast=(0.88, 0.92, 1.15)),
     "fog": Condition(light=0.85, fog=0.6),
     "rain": Condition(light=0.65, rain=0.8, noise=0.02, cast=(0.9, 0.95, 1.05)),
     "snow": Condition(light=1.05, snow=0.8, fog=0.2),
     "new_scene": Condition(background=2.0, cast=(1.1, 1.0, 0.85),
                            class_mix=(0.2, 0.2, 1.0, 1.0, 1.0, 1.0)),
-    "night_rain": Condition(light=0.32, noise=0.06, rain=0.5, cast=(0.85, 0.9, 1.2)),
+    "night_rain": Condition(light=0.42, noise=0.045, rain=0.5, cast=(0.88, 0.92, 1.15)),
 }
 """Named conditions; every field not set is the clear-day default."""
 

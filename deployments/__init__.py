@@ -1,0 +1,1 @@
+"""Ray Serve deployments (the teacher): thin wrappers over driftlab.platform."""

@@ -1,0 +1,123 @@
+"""Unit behaviour of the sample filters and the training managers."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from driftlab.platform.config import EdgeSyncParams, SimConfig
+from driftlab.platform.filters import Candidates, class_mix, edgesync_filter, mix_shift, uniform_filter
+from driftlab.platform.scheduling import Request, SampleStore, share_gpu
+from driftlab.platform.strategies import Ekya, EdgeSync, Periodic, _extrapolate, build_strategy
+
+
+def cands(n=40, confs=None, preds=None, k=4):
+    return Candidates(times=np.arange(n, dtype=float), preds=np.zeros(n, np.int64) if preds is None else preds,
+                      confs=np.full(n, 0.9) if confs is None else confs, prev_mix=np.full(k, 1 / k))
+
+
+def test_uniform_filter_spreads_picks_over_the_window():
+    picks = uniform_filter(cands(100), 10, np.random.default_rng(0))
+    assert len(picks) == 10 and len(set(picks)) == 10
+    assert np.all(np.diff(picks) >= 5)  # one per tenth of the window
+
+
+def test_edgesync_filter_prefers_uncertain_recent_frames_and_spaces_them():
+    confs = np.full(40, 0.95)
+    confs[[5, 6, 7, 30]] = 0.2
+    picks = edgesync_filter(cands(40, confs), budget=3, now=40.0, tau=10.0, w_conf=1.0,
+                            w_time=1.0, w_novel=0.0, min_gap=4)
+    assert 30 in picks and 7 in picks     # the uncertain frames ...
+    assert not {5, 6} & set(picks)       # ... but not near-duplicates of frame 7
+    recent = edgesync_filter(cands(40), budget=2, now=40.0, tau=10.0, w_conf=1.0, w_time=1.0,
+                             w_novel=0.0, min_gap=1)
+    assert set(recent) == {38, 39}        # equal confidence: the newest win
+
+
+def test_edgesync_filter_novelty_favours_a_rising_class():
+    preds = np.zeros(40, np.int64)
+    preds[20:24] = 3
+    c = Candidates(np.arange(40.0), preds, np.full(40, 0.9), prev_mix=np.array([1.0, 0, 0, 0]))
+    picks = edgesync_filter(c, budget=2, now=40.0, tau=1e9, w_conf=0, w_time=0, w_novel=1, min_gap=1)
+    assert set(picks) <= set(range(20, 24))
+
+
+def test_class_mix_shift():
+    assert mix_shift(class_mix(np.array([0, 0, 1, 1]), 4), class_mix(np.array([0, 0, 1, 1]), 4)) == 0
+    assert mix_shift(class_mix(np.array([0, 0]), 4), class_mix(np.array([3, 3]), 4)) == 1
+
+
+def req(cam, cutoff=60.0, acc=0.5, mix=0.0, last=0.0, ready=None):
+    return Request(cam, cutoff, cutoff if ready is None else ready, acc, mix, last)
+
+
+class NoProfiler:
+    def num_samples(self, *a):
+        return 20
+
+    def profile(self, camera, since, until, layers, epochs):
+        return ([0.5, 0.6, 0.65] if layers == "all" else [0.4, 0.42, 0.43]), 30
+
+
+def test_periodic_is_first_come_first_served():
+    s = Periodic(SimConfig())
+    for r in [req(2, 60), req(0, 120), req(1, 60)]:
+        s.submit(r)
+    order = []
+    while s.pending:
+        order += [(j.request.camera, j.request.cutoff) for j in s.next_batch(200.0, NoProfiler())]
+    assert order == [(1, 60), (2, 60), (0, 120)]
+
+
+def test_edgesync_orders_by_priority_skips_accurate_and_merges_stale():
+    s = EdgeSync(SimConfig())
+    s.submit(req(0, 60, acc=0.7))
+    s.submit(req(1, 60, acc=0.3))
+    s.submit(req(1, 120, acc=0.4))   # newer request of camera 1 supersedes the older
+    s.submit(req(2, 120, acc=0.99))  # accurate enough: no job
+    jobs = s.next_batch(120.0, NoProfiler())
+    assert [(j.request.camera, j.request.cutoff) for j in jobs] == [(1, 120)]
+    assert jobs[0].spec.patience > 0 and jobs[0].tau is not None
+    jobs = s.next_batch(120.0, NoProfiler())
+    assert [j.request.camera for j in jobs] == [0]
+    assert s.pending == [] and s.next_batch(120.0, NoProfiler()) == []
+
+
+def test_edgesync_staleness_raises_priority():
+    s = EdgeSync(SimConfig(edgesync=EdgeSyncParams(w_stale=1.0)))
+    assert s.priority(req(0, last=0.0), 600) > s.priority(req(0, last=500.0), 600)
+
+
+def test_ekya_plans_the_window_jointly_with_profiled_configs():
+    s = Ekya(SimConfig(cameras=2))
+    s.submit(req(0, 60, acc=0.3))
+    s.submit(req(1, 60, acc=0.3, ready=65.0))
+    assert s.next_batch(61.0, NoProfiler()) == []       # waits for every label
+    jobs = s.next_batch(65.0, NoProfiler())
+    assert sorted(j.request.camera for j in jobs) == [0, 1]
+    assert sum(j.share for j in jobs) == pytest.approx(1.0)
+    assert all(j.overhead_s > 0 for j in jobs)          # profiling is charged
+    assert all(j.spec.layers == "all" for j in jobs)    # the better profiled config
+
+
+def test_ekya_curve_extrapolation_increases_with_epochs():
+    curve = [0.5, 0.6, 0.65]
+    assert _extrapolate(curve, 10) > _extrapolate(curve, 3) > 0.5
+
+
+def test_share_gpu_is_work_conserving():
+    assert share_gpu(0.0, [10.0], [1.0], 1.0) == [10.0]
+    a, b = share_gpu(0.0, [2.0, 10.0], [0.5, 0.5], 1.0)
+    assert a == pytest.approx(4.0) and b == pytest.approx(12.0)  # total work / GPU
+    assert share_gpu(5.0, [4.0, 4.0], [0.5, 0.5], 2.0) == pytest.approx([9.0, 9.0])
+
+
+def test_sample_store_selects_by_time():
+    st = SampleStore()
+    st.add(np.zeros((3, 2, 2, 3), np.uint8), np.array([0, 1, 2]), np.array([10.0, 20.0, 30.0]))
+    _, labels, times = st.select(10.0, 30.0)
+    assert labels.tolist() == [1, 2] and times.tolist() == [20.0, 30.0]
+
+
+def test_unknown_strategy_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        build_strategy("nope", SimConfig())
