@@ -49,26 +49,29 @@ class EdgeSyncParams:
     """Hyperparameters of the ``edgesync`` strategy (the ones Tune searches).
 
     Attributes:
+        period: seconds between a camera's uploads (and retraining requests).
         tau: timeliness decay (seconds): a sample of age ``a`` weighs ``exp(-a/tau)``.
         w_conf: filter weight of low student confidence.
         w_time: filter weight of timeliness.
         w_novel: filter weight of a predicted class whose share rose this window.
         horizon: oldest sample age (seconds) a job trains on.
         max_epochs: the most epochs a job may run.
-        patience: early-stopping patience in epochs.
+        patience: early-stopping patience in epochs (0: off; with the short
+            default jobs, holding out a validation split cost more than it saved).
         skip_accuracy: no job for a camera whose estimated accuracy is at least this.
         w_drift: priority weight of the estimated accuracy gap.
         w_mix: priority weight of the shift in predicted class mix.
         w_stale: priority weight of time since the camera's last update (per window).
     """
 
-    tau: float = 90.0
+    period: float = 20.0
+    tau: float = 200.0
     w_conf: float = 1.0
     w_time: float = 1.0
     w_novel: float = 0.5
-    horizon: float = 180.0
-    max_epochs: int = 12
-    patience: int = 2
+    horizon: float = 240.0
+    max_epochs: int = 2
+    patience: int = 0
     skip_accuracy: float = 0.92
     w_drift: float = 1.0
     w_mix: float = 0.5

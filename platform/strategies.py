@@ -132,7 +132,7 @@ class AMS(Strategy):
         self.rate: dict[int, float] = {}
 
     def period(self) -> float:
-        return max(self.cfg.tick, self.update_period - self.update_period % self.cfg.tick)
+        return _whole_ticks(self.update_period, self.cfg.tick)
 
     def budget(self, camera: int, num_frames: int) -> int:
         return int(round(self.rate.get(camera, 1.0) * self.cfg.upload_fraction * num_frames))
@@ -293,6 +293,9 @@ class EdgeSync(Strategy):
     that are accurate enough, and size each job by online early stopping.
     Samples are weighted by timeliness ``exp(-age / tau)``."""
 
+    def period(self) -> float:
+        return _whole_ticks(self.cfg.edgesync.period, self.cfg.tick)
+
     def select(self, camera: int, cands: Candidates, budget: int, now: float,
                rng: np.random.Generator) -> np.ndarray:
         p = self.cfg.edgesync
@@ -321,6 +324,11 @@ class EdgeSync(Strategy):
         self._take([q for q in ready if q.camera == best.camera])
         spec = TrainSpec(epochs=p.max_epochs, patience=p.patience, seed=_job_seed(self.cfg, best))
         return [Job(best, spec, since=best.cutoff - p.horizon, tau=p.tau)]
+
+
+def _whole_ticks(period: float, tick: float) -> float:
+    """``period`` rounded down to whole ticks (at least one)."""
+    return max(tick, period - period % tick)
 
 
 def _job_seed(cfg: SimConfig, r: Request) -> int:

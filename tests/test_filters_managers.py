@@ -76,7 +76,7 @@ def test_edgesync_orders_by_priority_skips_accurate_and_merges_stale():
     s.submit(req(2, 120, acc=0.99))  # accurate enough: no job
     jobs = s.next_batch(120.0, NoProfiler())
     assert [(j.request.camera, j.request.cutoff) for j in jobs] == [(1, 120)]
-    assert jobs[0].spec.patience > 0 and jobs[0].tau is not None
+    assert jobs[0].tau is not None and jobs[0].since == 120 - s.cfg.edgesync.horizon
     jobs = s.next_batch(120.0, NoProfiler())
     assert [j.request.camera for j in jobs] == [0]
     assert s.pending == [] and s.next_batch(120.0, NoProfiler()) == []
