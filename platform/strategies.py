@@ -178,10 +178,7 @@ class Ekya(Strategy):
         ready = self._ready(now)
         if not ready or len(ready) < len(self.pending):
             return []  # plan the window's jobs together, once all labels are in
-        latest: dict[int, Request] = {}
-        for r in ready:
-            if r.camera not in latest or r.cutoff > latest[r.camera].cutoff:
-                latest[r.camera] = r
+        latest = _latest_per_camera(ready)
         self._take(ready)
         reqs = [latest[c] for c in sorted(latest)]
         W, gpus, cost = self.cfg.window, self.cfg.server_gpus, self.cfg.costs.train_s_per_sample_epoch
@@ -310,10 +307,7 @@ class EdgeSync(Strategy):
     def next_batch(self, now: float, server: Profiler) -> list[Job]:
         p = self.cfg.edgesync
         ready = self._ready(now)
-        latest: dict[int, Request] = {}
-        for r in ready:
-            if r.camera not in latest or r.cutoff > latest[r.camera].cutoff:
-                latest[r.camera] = r
+        latest = _latest_per_camera(ready)
         for cam, r in list(latest.items()):
             if r.est_accuracy >= p.skip_accuracy:
                 self._take([q for q in ready if q.camera == cam])
@@ -324,6 +318,16 @@ class EdgeSync(Strategy):
         self._take([q for q in ready if q.camera == best.camera])
         spec = TrainSpec(epochs=p.max_epochs, patience=p.patience, seed=_job_seed(self.cfg, best))
         return [Job(best, spec, since=best.cutoff - p.horizon, tau=p.tau)]
+
+
+def _latest_per_camera(requests: list[Request]) -> dict[int, Request]:
+    """Each camera's newest request: it supersedes the older ones (its samples
+    include theirs)."""
+    latest: dict[int, Request] = {}
+    for r in requests:
+        if r.camera not in latest or r.cutoff > latest[r.camera].cutoff:
+            latest[r.camera] = r
+    return latest
 
 
 def _whole_ticks(period: float, tick: float) -> float:

@@ -134,7 +134,7 @@ def initial_student(source: FrameSource, arch: str, num_classes: int, past_frame
     if (labels < 0).any():
         if teacher is None:
             raise ValueError("unlabelled frames need a teacher to label them")
-        labels[labels < 0] = predict(teacher, past.images[labels < 0])[0][...]
+        labels[labels < 0] = predict(teacher, past.images[labels < 0])[0]
     fit(model, past.images, labels, TrainSpec(epochs=epochs, batch_size=32), device=device)
     _save(model, path)
     return model.to(device).eval()
