@@ -11,8 +11,6 @@ accuracy plot and the resolved config.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 import time
 

@@ -10,13 +10,12 @@ import os
 import time
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 import yaml
 
 from .config import SimConfig, config_to_dict
-from .metrics import ResultSink, format_table, plot_accuracy
+from .metrics import ResultSink, plot_accuracy
 from .models import default_device, predict
 from .sim import Fleet, run_strategy
 from .world import CameraStream, VideoFileSource, get_scenario

@@ -11,7 +11,6 @@ so every number is independent of how loaded the machine is.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 

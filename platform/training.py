@@ -155,7 +155,9 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
 def top_gradient_mask(model: nn.Module, images: np.ndarray, labels: np.ndarray,
                       fraction: float, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """0/1 masks selecting the ``fraction`` of parameters with the largest
-    gradient magnitude on the given samples (AMS's gradient-guided update)."""
+    gradient magnitude on the given samples (AMS's gradient-guided update).
+    The forward pass runs in train mode, so BatchNorm statistics move one step
+    toward these samples, as the job that follows would move them anyway."""
     model.to(device).train()
     model.zero_grad(set_to_none=True)
     x, y = to_tensor(images, device), torch.as_tensor(labels, device=device)
