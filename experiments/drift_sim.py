@@ -5,8 +5,14 @@ mean accuracy, accuracy during drift, mean update delay, frames uploaded and
 GPU-seconds. ``--out DIR`` also writes frames/jobs/summary Parquet, the
 accuracy plot and the resolved config.
 
-    python experiments/drift_sim.py                       # default preset
+By default the loop runs on Ray: camera actors, the teacher on Ray Serve,
+retraining on Ray Train, on an embedded local Ray (``--address auto`` joins a
+running cluster). ``--inline`` runs the same loop in one process; both give
+the same numbers for the same seed.
+
+    python experiments/drift_sim.py                       # default preset, on Ray
     python experiments/drift_sim.py --scenario weather --cameras 6 --out runs/weather
+    python experiments/drift_sim.py --address auto --gpus-per-camera 0.1
 """
 from __future__ import annotations
 
@@ -33,6 +39,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--labels", help="CSV (frame,label) of ground truth for --source")
     p.add_argument("--out", help="directory for Parquet results, plot and config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ray = p.add_argument_group("Ray")
+    ray.add_argument("--inline", action="store_true", help="run in this process, without Ray")
+    ray.add_argument("--address", help="join this Ray cluster ('auto': the local one; "
+                                       "default: $RAY_ADDRESS, else start an embedded Ray)")
+    ray.add_argument("--num-cpus", type=float, help="logical CPUs of the embedded Ray")
+    ray.add_argument("--cpus-per-camera", type=float, default=0.25)
+    ray.add_argument("--gpus-per-camera", type=float, default=0.0)
+    ray.add_argument("--teacher-replicas", type=int, default=1)
+    ray.add_argument("--train-workers", type=int, default=1)
+    ray.add_argument("--http-port", type=int, default=8000, help="Serve HTTP port (teacher route)")
     return p.parse_args(argv)
 
 
@@ -46,17 +62,31 @@ def resolve_config(args: argparse.Namespace) -> SimConfig:
     return config_from_dict(overrides, cfg)
 
 
+def run(cfg: SimConfig, args: argparse.Namespace):
+    if args.inline:
+        from driftlab.platform.runner import run_inline
+
+        return run_inline(cfg, out_dir=args.out, progress=not args.no_progress)
+    from driftlab.actors.runner import RayOptions, run_on_ray, start_ray
+
+    opts = RayOptions(address=args.address, num_cpus=args.num_cpus,
+                      cpus_per_camera=args.cpus_per_camera, gpus_per_camera=args.gpus_per_camera,
+                      teacher_replicas=args.teacher_replicas, train_workers=args.train_workers,
+                      http_port=args.http_port)
+    url = start_ray(cfg, opts)
+    print(f"Ray dashboard: {url or 'not running (install ray[default])'}", flush=True)
+    return run_on_ray(cfg, opts, out_dir=args.out, progress=not args.no_progress)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
-        from driftlab.platform.runner import run_inline
-
         t0 = time.time()
         print(f"driftlab: {len(cfg.strategies)} strategies x {cfg.cameras} cameras, "
               f"scenario {cfg.scenario if not cfg.source else cfg.source}, "
               f"{cfg.duration:.0f} s of stream, seed {cfg.seed}", flush=True)
-        summary = run_inline(cfg, out_dir=args.out, progress=not args.no_progress)
+        summary = run(cfg, args)
     except (ConfigError, VideoError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -65,7 +65,9 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     """uint8 (N, H, W, 3) frames -> normalised float (N, 3, H, W)."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (N, H, W, 3), got {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    # Frames from Ray's object store are read-only; torch wants writable memory.
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device)
+    x = x.permute(0, 3, 1, 2).float() / 255.0
     return (x - _MEAN.to(device)) / _STD.to(device)
 
 

@@ -17,11 +17,11 @@ import yaml
 from .config import SimConfig, config_to_dict
 from .metrics import ResultSink, plot_accuracy
 from .models import default_device, predict
-from .sim import Fleet, run_strategy
+from .sim import Fleet, FrameLog, JobRecord, run_strategy
 from .world import CameraStream, VideoFileSource, get_scenario
 from .zoo import initial_student, load_teacher
 
-__all__ = ["build_fleet", "run_inline", "set_determinism"]
+__all__ = ["build_fleet", "run_inline", "run_strategies", "set_determinism"]
 
 
 def set_determinism(threads: int | None = None) -> None:
@@ -59,11 +59,29 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
     return Fleet(sources, students, teacher, device, truth)
 
 
+Play = Callable[[str, Callable[[float, list[FrameLog], list[JobRecord]], None]], tuple[int, float]]
+
+
 def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True,
                log: Callable[[str], None] = print, fleet: Fleet | None = None) -> pd.DataFrame:
-    """Run every strategy of ``cfg``; write results to ``out_dir``; return the summary."""
+    """Run every strategy of ``cfg`` in this process; write results to ``out_dir``;
+    return the summary."""
     set_determinism()
     fleet = fleet or build_fleet(cfg, log)
+
+    def play(name, on_tick):
+        _, server = run_strategy(cfg, name, fleet, on_tick)
+        return server.uploaded, server.label_gpu_s
+
+    return run_strategies(cfg, play, out_dir, progress, log)
+
+
+def run_strategies(cfg: SimConfig, play: Play, out_dir: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run each strategy of ``cfg`` with ``play(name, on_tick)`` (inline or on
+    Ray), streaming its ticks into one :class:`ResultSink` that is flushed to
+    Parquet every window; write the summary and the plot; return the summary.
+    ``play`` returns the frames uploaded and the teacher's GPU-seconds."""
     sink = ResultSink(out_dir)
     if out_dir:
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
@@ -85,9 +103,7 @@ def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True
             if bar is not None:
                 bar.update(1)
 
-        _, server = run_strategy(cfg, name, fleet, on_tick)
-        sink.uploads[name] = server.uploaded
-        sink.label_gpu_s[name] = server.label_gpu_s
+        sink.uploads[name], sink.label_gpu_s[name] = play(name, on_tick)
         if bar is not None:
             bar.close()
         else:

@@ -20,13 +20,14 @@ from torch import nn
 
 from .config import SimConfig
 from .filters import Candidates, class_mix, mix_shift
-from .models import clone, count_params, predict
+from .models import build_student, clone, count_params, predict
 from .scheduling import Job, Request, SampleStore, share_gpu
 from .strategies import Strategy, build_strategy
 from .training import FitResult, TrainSpec, fit, top_gradient_mask
 from .world import FrameSource
 
-__all__ = ["Camera", "Server", "run_strategy", "FrameLog", "JobRecord", "Fleet"]
+__all__ = ["Camera", "Server", "Fleet", "FrameLog", "JobRecord", "Upload", "JobInputs", "Deployment",
+           "run_job", "serve_jobs", "run_strategy"]
 
 
 @dataclass
@@ -54,6 +55,56 @@ class JobRecord:
     samples: int
     epochs: int
     gpu_s: float
+
+
+@dataclass
+class Upload:
+    """Frames a camera's filter picked, with the teacher's labels for them."""
+
+    camera: int
+    images: np.ndarray
+    times: np.ndarray
+    labels: np.ndarray
+    est_accuracy: float
+    mix_shift: float
+    last_update: float
+
+
+@dataclass
+class JobInputs:
+    """Everything a retraining job needs, self-contained so it can run in
+    another process (a Ray Train worker) as well as in this one."""
+
+    arch: str
+    num_classes: int
+    state: dict
+    images: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None
+    spec: TrainSpec
+    update_fraction: float = 1.0
+
+
+@dataclass
+class Deployment:
+    """New weights for a camera, arriving at stream time ``record.deployed``."""
+
+    record: JobRecord
+    version: int
+    state: dict
+
+
+def run_job(inputs: JobInputs, device: torch.device | str = "cpu") -> tuple[dict, FitResult]:
+    """Train a fresh copy of the server's student on the job's samples; return
+    the new weights (on CPU) and what the training ran."""
+    model = build_student(inputs.arch, inputs.num_classes)
+    model.load_state_dict(inputs.state)
+    mask = None
+    if inputs.update_fraction < 1.0 and len(inputs.labels) >= 2:
+        mask = top_gradient_mask(model, inputs.images, inputs.labels, inputs.update_fraction, device)
+    result = fit(model, inputs.images, inputs.labels, inputs.spec, weights=inputs.weights,
+                 grad_mask=mask, device=device)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, result
 
 
 class Camera:
@@ -106,7 +157,27 @@ class Camera:
         self.model.eval()
         self.version, self.last_update = version, t
 
-    def take_candidates(self) -> tuple[np.ndarray, Candidates]:
+    def upload(self, strategy: Strategy, now: float, label: Callable[[np.ndarray], np.ndarray],
+               ) -> Upload | None:
+        """The strategy's filter picks frames buffered since the last upload,
+        within its budget; ``label`` (the teacher) labels them."""
+        images, cands = self._take_candidates()
+        if len(cands) == 0:
+            return None
+        budget = strategy.budget(self.index, len(cands))
+        # One generator per (camera, upload): the same picks in any process.
+        rng = np.random.default_rng((strategy.cfg.seed, self.index, int(round(now * 10))))
+        picks = strategy.select(self.index, cands, budget, now, rng)
+        if len(picks) == 0:
+            return None
+        labels = np.asarray(label(images[picks]), np.int64)
+        strategy.observe_labels(self.index, labels)
+        return Upload(self.index, images[picks], cands.times[picks], labels,
+                      est_accuracy=float((cands.preds[picks] == labels).mean()),
+                      mix_shift=mix_shift(class_mix(cands.preds, self.num_classes), cands.prev_mix),
+                      last_update=self.last_update)
+
+    def _take_candidates(self) -> tuple[np.ndarray, Candidates]:
         """Frames buffered since the last upload decision, and clear the buffer."""
         if not self._buf:
             return np.empty((0,)), Candidates(np.empty(0), np.empty(0, np.int64), np.empty(0), self.prev_mix)
@@ -119,12 +190,12 @@ class Camera:
 
 
 class Server:
-    """The server: teacher labeling, the labelled-sample store, its copy of each
-    camera's student, and the GPUs retraining runs on."""
+    """The server's state: the labelled-sample store, its copy of each camera's
+    student, and the timelines of the teacher and of the GPUs retraining runs
+    on. The teacher itself labels on the camera's call (:meth:`Camera.upload`)."""
 
-    def __init__(self, cfg: SimConfig, teacher: nn.Module, students: list[nn.Module],
-                 device: torch.device | str = "cpu"):
-        self.cfg, self.teacher, self.device = cfg, teacher, device
+    def __init__(self, cfg: SimConfig, students: list[nn.Module], device: torch.device | str = "cpu"):
+        self.cfg, self.device = cfg, device
         self.models = [clone(s) for s in students]
         self.stores = [SampleStore() for _ in students]
         self.gpu_free_at = 0.0
@@ -133,18 +204,17 @@ class Server:
         self.label_gpu_s = 0.0
         self.uploaded = 0
 
-    # --- teacher -------------------------------------------------------------
-    def label(self, camera: int, images: np.ndarray, times: np.ndarray, now: float) -> tuple[np.ndarray, float]:
-        """Teacher labels for uploaded frames, and when they are ready."""
-        if len(images) == 0:
-            return np.empty(0, np.int64), now
-        labels, _ = predict(self.teacher, images, device=self.device)
-        cost = len(images) * self.cfg.costs.label_s_per_frame
+    def receive(self, up: Upload, now: float) -> Request:
+        """Store an upload's labelled frames; charge the teacher's time; the
+        retraining request is ready when the labels are."""
+        cost = len(up.images) * self.cfg.costs.label_s_per_frame
         self.label_gpu_s += cost
-        self.uploaded += len(images)
+        self.uploaded += len(up.images)
         self.teacher_free_at = max(self.teacher_free_at, now) + cost
-        self.stores[camera].add(images, labels, times)
-        return labels, self.teacher_free_at
+        self.stores[up.camera].add(up.images, up.labels, up.times)
+        return Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
+                       est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
+                       last_update=up.last_update)
 
     # --- Profiler protocol (Ekya's micro-profiler) -----------------------------
     def num_samples(self, camera: int, since: float, until: float) -> int:
@@ -165,8 +235,8 @@ class Server:
         return result.val_accuracy, result.sample_epochs
 
     # --- retraining ----------------------------------------------------------
-    def train(self, job: Job) -> tuple[dict, FitResult]:
-        """Run ``job`` for real; returns the new weights and what it ran."""
+    def job_inputs(self, job: Job) -> JobInputs:
+        """The samples, weights and starting weights of ``job``."""
         r = job.request
         images, labels, times = self.stores[r.camera].select(job.since, r.cutoff)
         if job.data_fraction < 1.0 and len(labels):
@@ -175,17 +245,50 @@ class Server:
                                       replace=False))
             images, labels, times = images[keep], labels[keep], times[keep]
         weights = None if job.tau is None else np.exp(-(r.cutoff - times) / job.tau)
-        model = self.models[r.camera]
-        mask = None
-        if job.update_fraction < 1.0 and len(labels) >= 2:
-            mask = top_gradient_mask(model, images, labels, job.update_fraction, self.device)
-        result = fit(model, images, labels, job.spec, weights=weights, grad_mask=mask,
-                     device=self.device)
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return state, result
+        state = {k: v.detach().cpu() for k, v in self.models[r.camera].state_dict().items()}
+        return JobInputs(self.cfg.student, self.cfg.world.num_classes, state, images, labels,
+                         weights, job.spec, job.update_fraction)
 
     def downlink_s(self, camera: int, fraction: float) -> float:
         return count_params(self.models[camera]) / 1e6 * fraction * self.cfg.costs.downlink_s_per_mparam
+
+
+Executor = Callable[[list[JobInputs]], list["tuple[dict, FitResult] | None"]]
+
+
+def serve_jobs(strategy: Strategy, server: Server, until: float, execute: Executor) -> list[Deployment]:
+    """Start every job the manager schedules before ``until``: ``execute`` runs
+    a batch of jobs (here, or on Ray Train; ``None`` for one that failed), the
+    GPU timeline charges them, and each finished job becomes a deployment."""
+    out: list[Deployment] = []
+    while strategy.pending:
+        start = max(server.gpu_free_at, min(r.ready for r in strategy.pending))
+        if start >= until:
+            break
+        batch = strategy.next_batch(start, server)
+        if not batch:
+            nxt = [r.ready for r in strategy.pending if r.ready > start]
+            if not nxt:
+                break  # the manager declined every ready request
+            server.gpu_free_at = max(server.gpu_free_at, min(nxt))
+            continue
+        done = [(job, res) for job, res in zip(batch, execute([server.job_inputs(j) for j in batch]))
+                if res is not None]
+        if not done:
+            continue  # every job failed: nothing ran, the GPUs stay free
+        cost = server.cfg.costs.train_s_per_sample_epoch
+        work = [fit_.sample_epochs * cost + job.overhead_s for job, (_, fit_) in done]
+        finishes = share_gpu(start, work, [job.share for job, _ in done], server.cfg.server_gpus)
+        server.gpu_free_at = max(finishes)
+        for (job, (state, fit_)), fin, w in zip(done, finishes, work):
+            cam = job.request.camera
+            server.models[cam].load_state_dict(state)
+            server.versions[cam] += 1
+            deployed = fin + server.downlink_s(cam, job.update_fraction)
+            out.append(Deployment(JobRecord(cam, job.request.cutoff, start, fin, deployed,
+                                            fit_.samples, fit_.epochs_run, w),
+                                  server.versions[cam], state))
+    return out
 
 
 @dataclass
@@ -199,81 +302,46 @@ class Fleet:
     device: torch.device | str = "cpu"
     ground_truth: list[np.ndarray | None] = field(default_factory=list)
 
+    def true_labels(self, log: FrameLog) -> None:
+        """Replace a log's labels by the fleet's ground truth, where it has one
+        (a video file's labels CSV, or the teacher's labels standing in)."""
+        gt = self.ground_truth[log.camera] if self.ground_truth else None
+        if gt is not None:
+            log.labels = gt[np.round(log.times * self.sources[log.camera].fps).astype(int)]
+
+
+def num_ticks(cfg: SimConfig, sources: list[FrameSource]) -> tuple[int, float]:
+    """Ticks to play, and the stream seconds they cover (the shortest source bounds it)."""
+    duration = min(cfg.duration, min(s.num_frames / s.fps for s in sources))
+    return int(math.ceil(duration / cfg.tick - 1e-9)), duration
+
 
 def run_strategy(cfg: SimConfig, name: str, fleet: Fleet,
                  on_tick: Callable[[float, list[FrameLog], list[JobRecord]], None] | None = None,
                  ) -> tuple[Strategy, Server]:
-    """Play the whole stream for strategy ``name``; results go to ``on_tick``
-    after every tick (frames of the tick, jobs deployed so far not yet reported)."""
+    """Play the whole stream for strategy ``name`` in this process; results go
+    to ``on_tick`` after every tick (the tick's frames, the jobs started in it)."""
     strategy = build_strategy(name, cfg)
     cameras = [Camera(i, src, clone(s), cfg.world.num_classes)
                for i, (src, s) in enumerate(zip(fleet.sources, fleet.students))]
-    server = Server(cfg, fleet.teacher, fleet.students, fleet.device)
+    server = Server(cfg, fleet.students, fleet.device)
+    teacher = lambda images: predict(fleet.teacher, images, device=fleet.device)[0]  # noqa: E731
+    execute = lambda batch: [run_job(inputs, fleet.device) for inputs in batch]  # noqa: E731
     period_ticks = max(1, int(round(strategy.period() / cfg.tick)))
-    rng = np.random.default_rng(cfg.seed)
-    duration = min(cfg.duration, min(s.num_frames / s.fps for s in fleet.sources))
-    num_ticks = int(math.ceil(duration / cfg.tick - 1e-9))
-    for k in range(num_ticks):
-        t0, t1 = k * cfg.tick, min((k + 1) * cfg.tick, duration)
-        jobs = _serve(strategy, server, cameras, t1) if strategy.adapts else []
+    ticks, duration = num_ticks(cfg, fleet.sources)
+    for k in range(ticks):
+        t1 = min((k + 1) * cfg.tick, duration)
+        deployments = serve_jobs(strategy, server, t1, execute) if strategy.adapts else []
+        for d in deployments:
+            cameras[d.record.camera].deploy_at(d.record.deployed, d.version, d.state)
         logs = [cam.run(t1) for cam in cameras]
         for log in logs:
-            gt = fleet.ground_truth[log.camera] if fleet.ground_truth else None
-            if gt is not None:
-                idx = np.round(log.times * fleet.sources[log.camera].fps).astype(int)
-                log.labels = gt[idx]
+            fleet.true_labels(log)
         if strategy.adapts and (k + 1) % period_ticks == 0:
             for cam in cameras:
-                _upload(strategy, server, cam, t1, rng)
+                up = cam.upload(strategy, t1, teacher)
+                if up is not None:
+                    strategy.submit(server.receive(up, t1))
         if on_tick is not None:
-            on_tick(t1, logs, jobs)
+            on_tick(t1, logs, [d.record for d in deployments])
     return strategy, server
-
-
-def _upload(strategy: Strategy, server: Server, cam: Camera, now: float, rng) -> None:
-    """The camera's filter picks frames; the teacher labels them; a request goes in."""
-    images, cands = cam.take_candidates()
-    if len(cands) == 0:
-        return
-    budget = strategy.budget(cam.index, len(cands))
-    picks = strategy.select(cam.index, cands, budget, now, rng)
-    if len(picks) == 0:
-        return
-    labels, ready = server.label(cam.index, images[picks], cands.times[picks], now)
-    strategy.observe_labels(cam.index, labels)
-    strategy.submit(Request(
-        camera=cam.index, cutoff=now, ready=ready,
-        est_accuracy=float((cands.preds[picks] == labels).mean()),
-        mix_shift=mix_shift(class_mix(cands.preds, cam.num_classes), cands.prev_mix),
-        last_update=cam.last_update))
-
-
-def _serve(strategy: Strategy, server: Server, cameras: list[Camera], until: float) -> list[JobRecord]:
-    """Start every job the manager schedules before ``until``; schedule deployments."""
-    records = []
-    while strategy.pending:
-        start = max(server.gpu_free_at, min(r.ready for r in strategy.pending))
-        if start >= until:
-            break
-        batch = strategy.next_batch(start, server)
-        if not batch:
-            if not strategy.pending:
-                break
-            nxt = [r.ready for r in strategy.pending if r.ready > start]
-            if not nxt:
-                break  # the manager declined every ready request
-            server.gpu_free_at = max(server.gpu_free_at, min(nxt))
-            continue
-        results = [server.train(job) for job in batch]
-        cost = server.cfg.costs.train_s_per_sample_epoch
-        work = [res.sample_epochs * cost + job.overhead_s for job, (_, res) in zip(batch, results)]
-        finishes = share_gpu(start, work, [j.share for j in batch], server.cfg.server_gpus)
-        server.gpu_free_at = max(finishes)
-        for job, (state, res), fin, w in zip(batch, results, finishes, work):
-            cam = job.request.camera
-            server.versions[cam] += 1
-            deployed = fin + server.downlink_s(cam, job.update_fraction)
-            cameras[cam].deploy_at(deployed, server.versions[cam], state)
-            records.append(JobRecord(cam, job.request.cutoff, start, fin, deployed, res.samples,
-                                     res.epochs_run, w))
-    return records

@@ -22,7 +22,7 @@ from .training import TrainSpec, evaluate, fit
 from .world import CONDITIONS, FrameSource, WorldConfig, render_condition_set
 
 __all__ = ["TeacherRecipe", "cache_dir", "load_teacher", "train_teacher", "teacher_report",
-           "initial_student", "TEACHER_SEED", "HELDOUT_SEED"]
+           "initial_student", "teacher_checkpoint", "load_checkpoint", "TEACHER_SEED", "HELDOUT_SEED"]
 
 TEACHER_SEED = 10_000   # cameras the teacher is trained on
 HELDOUT_SEED = 20_000   # cameras its held-out accuracy is measured on
@@ -79,25 +79,30 @@ def teacher_report(model: nn.Module, world: WorldConfig, per_condition: int = 60
             for k, name in enumerate(names)}
 
 
+def teacher_checkpoint(world: WorldConfig, arch: str = "resnet18", checkpoint: str | None = None,
+                       device="cpu", log=print) -> str:
+    """Path of the teacher's weights: ``checkpoint`` if given, else the cached
+    one (trained on first use)."""
+    if checkpoint is not None:
+        return checkpoint
+    recipe = TeacherRecipe(arch=arch)
+    path = os.path.join(cache_dir(), f"teacher-{arch}-{_key(asdict(world), asdict(recipe), CONDITIONS)}.pt")
+    if not os.path.exists(path):
+        _save(train_teacher(world, recipe, device, log), path)
+        log(f"cached teacher at {path}")
+    return path
+
+
 def load_teacher(world: WorldConfig, arch: str = "resnet18", checkpoint: str | None = None,
                  device="cpu", log=print) -> nn.Module:
     """The teacher: from ``checkpoint`` if given, else cached (trained on first use)."""
     model = build_teacher(arch, world.num_classes)
-    if checkpoint is not None:
-        _load_checkpoint(model, checkpoint)
-        return model.to(device).eval()
-    recipe = TeacherRecipe(arch=arch)
-    path = os.path.join(cache_dir(), f"teacher-{arch}-{_key(asdict(world), asdict(recipe), CONDITIONS)}.pt")
-    if os.path.exists(path):
-        _load_checkpoint(model, path)
-    else:
-        model = train_teacher(world, recipe, device, log)
-        _save(model, path)
-        log(f"cached teacher at {path}")
+    load_checkpoint(model, teacher_checkpoint(world, arch, checkpoint, device, log))
     return model.to(device).eval()
 
 
-def _load_checkpoint(model: nn.Module, path: str) -> None:
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a ``state_dict`` file; a missing or mismatched one is one clear error."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"teacher checkpoint not found: {path}")
     try:

@@ -41,3 +41,10 @@ def test_malformed_config_file(tmp_path):
     typed.write_text("edgesync:\n  tau: fast\n")
     out = run("--config", str(typed))
     assert out.returncode == 2 and "edgesync.tau must be a number" in out.stderr
+
+
+def test_gpus_asked_of_a_machine_without_them():
+    out = run("--gpus-per-camera", "0.5", "--cameras", "2", "--no-progress")
+    assert out.returncode == 2
+    assert "needs 1 GPUs but the Ray cluster has 0" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout

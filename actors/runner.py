@@ -1,0 +1,201 @@
+"""The Ray runner: the loop of :mod:`driftlab.platform.sim` spread over Ray.
+
+One actor per camera (``camera-0`` ...), the priority manager (``manager``),
+the teacher on Ray Serve, and retraining on Ray Train. The driver advances
+the virtual clock tick by tick exactly as the inline runner does (serve jobs,
+deploy, infer, upload), with the cameras working in parallel inside each
+step, so both runners give the same table for the same seed.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+import ray
+
+from driftlab.platform.config import SimConfig
+from driftlab.platform.runner import build_fleet, run_strategies, set_determinism
+from driftlab.platform.sim import num_ticks
+from driftlab.platform.strategies import build_strategy
+from driftlab.platform.zoo import teacher_checkpoint
+
+from .camera import CameraActor, CameraProxy
+from .manager import ManagerActor
+from .trainer import TrainPool
+
+__all__ = ["RayOptions", "ResourceError", "start_ray", "plan_resources", "run_on_ray"]
+
+NAMESPACE = "driftlab"
+
+
+class ResourceError(ValueError):
+    """The run asks for more than the Ray cluster has."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how the loop runs on Ray.
+
+    Attributes:
+        address: an existing cluster (``"auto"``, ``ray://...``); None starts
+            an embedded local Ray (or uses ``RAY_ADDRESS`` when set).
+        num_cpus: logical CPUs of the embedded Ray (default: enough for the run,
+            at least the machine's cores).
+        cpus_per_camera: logical CPUs each camera actor reserves.
+        gpus_per_camera: GPU fraction each camera actor reserves (0: CPU).
+        teacher_replicas: Serve replicas of the teacher.
+        teacher_gpus: GPU fraction per teacher replica (None: 0.25 when the
+            cluster has GPUs, else 0).
+        train_workers: Ray Train workers running jobs.
+        train_gpus: GPU fraction per Train worker (None: 0.5 when the cluster
+            has GPUs, else 0).
+        http_port: port of Serve's HTTP proxy (the teacher's route).
+    """
+
+    address: str | None = None
+    num_cpus: float | None = None
+    cpus_per_camera: float = 0.25
+    gpus_per_camera: float = 0.0
+    teacher_replicas: int = 1
+    teacher_gpus: float | None = None
+    train_workers: int = 1
+    train_gpus: float | None = None
+    http_port: int = 8000
+
+    def __post_init__(self):
+        for name in ("cpus_per_camera", "gpus_per_camera"):
+            if getattr(self, name) < 0:
+                raise ResourceError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.teacher_replicas < 1 or self.train_workers < 1:
+            raise ResourceError("teacher_replicas and train_workers must be at least 1")
+
+
+_TEACHER_CPUS, _MANAGER_CPUS, _TRAIN_CPUS = 0.5, 0.25, 1.0
+
+
+def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float]) -> dict[str, float]:
+    """What the run reserves, per part; a :class:`ResourceError` naming the
+    shortfall when ``available`` (the cluster's resources) cannot hold it."""
+    has_gpu = available.get("GPU", 0) > 0
+    teacher_gpus = opts.teacher_gpus if opts.teacher_gpus is not None else (0.25 if has_gpu else 0.0)
+    train_gpus = opts.train_gpus if opts.train_gpus is not None else (0.5 if has_gpu else 0.0)
+    need = {
+        "CPU": cfg.cameras * opts.cpus_per_camera + opts.teacher_replicas * _TEACHER_CPUS
+        + _MANAGER_CPUS + opts.train_workers * _TRAIN_CPUS,
+        "GPU": cfg.cameras * opts.gpus_per_camera + opts.teacher_replicas * teacher_gpus
+        + opts.train_workers * train_gpus,
+    }
+    for res, amount in need.items():
+        have = available.get(res, 0.0)
+        if amount > have + 1e-9:
+            raise ResourceError(
+                f"the run needs {amount:g} {res}s but the Ray cluster has {have:g}: "
+                f"{cfg.cameras} cameras x {getattr(opts, f'{res.lower()}s_per_camera'):g}, "
+                f"{opts.teacher_replicas} teacher replica(s), the manager and "
+                f"{opts.train_workers} Train worker(s). Lower --cameras or the per-part "
+                f"requests{', or add GPU nodes' if res == 'GPU' else ', or raise --num-cpus'}.")
+    return {"teacher_gpus": teacher_gpus, "train_gpus": train_gpus, **need}
+
+
+def start_ray(cfg: SimConfig, opts: RayOptions, log: Callable[[str], None] = print) -> str:
+    """Connect to ``opts.address`` (or ``RAY_ADDRESS``), else start a local
+    Ray sized for the run; returns the dashboard URL ('' without one)."""
+    if ray.is_initialized():
+        return _dashboard_url(None)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
+    else:
+        rough = plan_resources(cfg, opts, {"CPU": math.inf, "GPU": math.inf})
+        cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(rough["CPU"]))
+        ctx = ray.init(num_cpus=cpus, namespace=NAMESPACE, include_dashboard=True,
+                       configure_logging=True, logging_level="warning")
+    return _dashboard_url(ctx)
+
+
+def _dashboard_url(ctx) -> str:
+    url = getattr(ctx, "dashboard_url", "") or ""
+    if not url:
+        try:
+            from ray._private.worker import global_worker
+
+            url = global_worker.node.address_info.get("webui_url", "") or ""
+        except Exception:
+            url = ""
+    return url if not url or url.startswith("http") else f"http://{url}"
+
+
+def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | None = None,
+               progress: bool = True, log: Callable[[str], None] = print,
+               after_tick: Callable[[str, int], None] | None = None) -> pd.DataFrame:
+    """Run every strategy of ``cfg`` on the Ray cluster ``ray.init`` connected
+    to; same outputs as :func:`driftlab.platform.runner.run_inline`.
+    ``after_tick(strategy, tick)`` is called after each tick (tests use it to
+    inject faults)."""
+    from ray import serve
+
+    from driftlab.deployments.teacher import APP_NAME, QUIET, TeacherOptions, deploy_teacher
+
+    set_determinism()
+    plan = plan_resources(cfg, opts, ray.cluster_resources())
+    fleet = build_fleet(cfg, log)
+    checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
+    serve.start(http_options={"host": "127.0.0.1", "port": opts.http_port}, logging_config=QUIET)
+    teacher = deploy_teacher(TeacherOptions(
+        checkpoint, cfg.teacher, cfg.world.num_classes, cfg.world.size,
+        replicas=opts.teacher_replicas, num_cpus=_TEACHER_CPUS, num_gpus=plan["teacher_gpus"]))
+    pool = TrainPool(opts.train_workers, cpus_per_worker=_TRAIN_CPUS, gpus_per_worker=plan["train_gpus"])
+    # Constructor arguments stay referenced for the whole run: a restarted
+    # camera actor is built from them again.
+    states = [ray.put({k: v.cpu() for k, v in s.state_dict().items()}) for s in fleet.students]
+    shared = {id(s): ray.put(s) for s in fleet.sources}  # a video file is put once for all
+    cameras = [CameraProxy(CameraActor.options(
+        name=f"camera-{i}", num_cpus=opts.cpus_per_camera, num_gpus=opts.gpus_per_camera,
+    ).remote(i, shared[id(src)], states[i], cfg, teacher)) for i, src in enumerate(fleet.sources)]
+    manager = ManagerActor.options(name="manager", num_cpus=_MANAGER_CPUS).remote(
+        cfg, ray.get(states), pool.client())
+    ticks, duration = num_ticks(cfg, fleet.sources)
+
+    def play(name: str, on_tick) -> tuple[int, float]:
+        strategy = build_strategy(name, cfg)
+        period_ticks = max(1, int(round(strategy.period() / cfg.tick)))
+        ray.get(manager.start.remote(name))
+        for cam in cameras:
+            cam.reset()
+            cam.result(cam.submit("start", name))
+        for k in range(ticks):
+            t1 = min((k + 1) * cfg.tick, duration)
+            deployments = ray.get(manager.serve.remote(t1)) if strategy.adapts else []
+            for d in deployments:
+                cameras[d.record.camera].submit("deploy", d.record.deployed, d.version,
+                                                ray.put(d.state))
+            logs = _gather(cameras, "run", t1)
+            for lg in logs:
+                fleet.true_labels(lg)
+            if strategy.adapts and (k + 1) % period_ticks == 0:
+                ray.get(manager.submit.remote(t1, _gather(cameras, "upload", t1)))
+            on_tick(t1, logs, [d.record for d in deployments])
+            if after_tick is not None:
+                after_tick(name, k)
+        uploaded, label_gpu_s, failures = ray.get(manager.stats.remote())
+        for f in failures:
+            log(f"{name}: {f}")
+        return uploaded, label_gpu_s
+
+    try:
+        return run_strategies(cfg, play, out_dir, progress, log)
+    finally:
+        for actor in [manager, *(c.actor for c in cameras)]:
+            ray.kill(actor)
+        pool.close()
+        serve.delete(APP_NAME)
+
+
+def _gather(cameras: list[CameraProxy], method: str, *args) -> list:
+    """Call every camera in parallel; answers in camera order."""
+    refs = [cam.submit(method, *args) for cam in cameras]
+    return [cam.result(ref) for cam, ref in zip(cameras, refs)]

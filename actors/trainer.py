@@ -1,0 +1,175 @@
+"""Retraining and distillation jobs on Ray Train, started once per simulation.
+
+A ``TorchTrainer.fit()`` costs ~13 s of start-up on a small machine, far more
+than one camera's job (a second or two), so :class:`TrainPool` runs one
+long-lived fit whose workers take jobs from a queue until the pool closes.
+Each job is a self-contained :class:`~driftlab.platform.sim.JobInputs`; a
+worker runs :func:`~driftlab.platform.sim.run_job` on its Train device (a GPU
+when the pool has one) and sends back the new weights.
+
+The manager talks to the pool through a :class:`TrainClient` (two queue
+handles, picklable). A job that raises is retried once, then reported as
+failed (``None``) and the simulation goes on. If a worker dies, Ray Train
+restarts the worker group (``FailureConfig``) and the client re-queues the
+jobs the dead workers had started.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from ray.util.queue import Queue
+
+__all__ = ["TrainPool", "TrainClient", "TrainPoolError"]
+
+_ATTEMPTS = 2  # a failed job is retried once
+
+
+class TrainPoolError(RuntimeError):
+    """The Train run itself is gone (its restarts are spent)."""
+
+
+def _worker_loop(config: dict) -> None:
+    """The Ray Train function: run jobs from the queue until the pool closes."""
+    import ray.train.torch
+
+    from driftlab.platform.runner import set_determinism
+    from driftlab.platform.sim import run_job
+
+    set_determinism()
+    device = ray.train.torch.get_device()
+    jobs, results, me = config["jobs"], config["results"], uuid.uuid4().hex
+    results.put(("hello", me, None, None))
+    while True:
+        item = jobs.get()
+        if item is None:
+            jobs.put(None)  # let the other workers see the end too
+            return
+        job_id, inputs = item
+        results.put(("start", me, job_id, None))
+        try:
+            results.put(("done", me, job_id, run_job(inputs, device)))
+        except Exception as e:  # a job's failure is reported, not fatal to the worker
+            results.put(("error", me, job_id, f"{type(e).__name__}: {e}"))
+
+
+@dataclass
+class TrainClient:
+    """The manager's side of the pool: submit a batch of jobs, wait for all.
+
+    Attributes:
+        jobs: queue of ``(job_id, JobInputs)`` the workers take from.
+        results: queue of worker messages (hello, start, done, error, dead).
+        num_workers: workers in the Train group (to tell a restart from a start).
+    """
+
+    jobs: Queue
+    results: Queue
+    num_workers: int
+
+    def __post_init__(self):
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+        self._workers: set[str] = set()
+        self.failures: list[str] = []
+
+    def run(self, batch: list, log: Callable[[str], None] = print) -> list:
+        """Run every job of ``batch``; ``(state, FitResult)`` per job, ``None``
+        for one that failed twice."""
+        ids = [f"{self._prefix}-{next(self._ids)}" for _ in batch]
+        inputs = dict(zip(ids, batch))
+        attempts = dict.fromkeys(ids, 1)
+        started: dict[str, str] = {}
+        out: dict[str, object] = {}
+        for i in ids:
+            self.jobs.put((i, inputs[i]))
+        while len(out) < len(ids):
+            kind, worker, job_id, payload = self.results.get()
+            if kind == "dead":
+                raise TrainPoolError(f"Ray Train run ended: {payload}")
+            if kind == "hello":
+                if len(self._workers) >= self.num_workers:  # the group restarted
+                    lost = [j for j, w in started.items() if w in self._workers and j not in out]
+                    self._workers = set()
+                    for j in lost:
+                        started.pop(j)
+                        self._retry(j, inputs, attempts, out, "its Train worker died", log)
+                self._workers.add(worker)
+            elif job_id not in inputs or job_id in out:
+                continue  # a message of another batch or a duplicate
+            elif kind == "start":
+                self._workers.add(worker)
+                started[job_id] = worker
+            elif kind == "done":
+                out[job_id] = payload
+            elif kind == "error":
+                started.pop(job_id, None)
+                self._retry(job_id, inputs, attempts, out, payload, log)
+        return [out[i] for i in ids]
+
+    def _retry(self, job_id, inputs, attempts, out, why: str, log) -> None:
+        if attempts[job_id] < _ATTEMPTS:
+            attempts[job_id] += 1
+            log(f"train job {job_id} failed ({why}); retrying")
+            self.jobs.put((job_id, inputs[job_id]))
+        else:
+            msg = f"train job {job_id} failed {attempts[job_id]} times, last: {why}"
+            log(msg)
+            self.failures.append(msg)
+            out[job_id] = None
+
+
+class TrainPool:
+    """One Ray Train run (``TorchTrainer``) serving jobs for a whole simulation.
+
+    Args:
+        num_workers: Train workers; each takes jobs from the queue, so a batch
+            of several cameras' jobs runs in parallel.
+        cpus_per_worker: logical CPUs per worker.
+        gpus_per_worker: GPU fraction per worker (0: CPU).
+        max_failures: worker-group restarts Ray Train may make.
+        storage_path: where Ray Train keeps its run directory.
+    """
+
+    def __init__(self, num_workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+                 max_failures: int = 3, storage_path: str | None = None):
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        opts = {"num_cpus": 0}
+        self.jobs, self.results = Queue(actor_options=opts), Queue(actor_options=opts)
+        self.num_workers = num_workers
+        self._trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"jobs": self.jobs, "results": self.results},
+            scaling_config=ScalingConfig(
+                num_workers=num_workers, use_gpu=gpus_per_worker > 0,
+                resources_per_worker={"CPU": cpus_per_worker,
+                                      **({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})}),
+            run_config=RunConfig(name=f"driftlab-jobs-{uuid.uuid4().hex[:8]}",
+                                 storage_path=storage_path,
+                                 failure_config=FailureConfig(max_failures=max_failures)),
+        )
+        self._thread = threading.Thread(target=self._fit, name="driftlab-train", daemon=True)
+        self._thread.start()
+
+    def _fit(self) -> None:
+        try:
+            self._trainer.fit()
+        except Exception as e:  # reported to whoever waits on a job
+            self.results.put(("dead", None, None, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+
+    def client(self) -> TrainClient:
+        return TrainClient(self.jobs, self.results, self.num_workers)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Let the workers finish and the Train run end; free the queues."""
+        try:
+            self.jobs.put(None)
+            self._thread.join(timeout)
+        finally:
+            for q in (self.jobs, self.results):
+                q.shutdown(force=True)

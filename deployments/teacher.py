@@ -1,0 +1,145 @@
+"""The teacher as a Ray Serve deployment: labels the frames cameras upload.
+
+Cameras call it through a ``DeploymentHandle`` (``handle.label.remote(frames)``,
+frames an ``(N, H, W, 3)`` uint8 array); concurrent calls are batched by
+``@serve.batch``. Outside clients use HTTP::
+
+    curl -X POST --data-binary @frame.png http://127.0.0.1:8000/teacher
+    {"label": 3, "confidence": 0.97}
+
+The body is one encoded image (PNG, JPEG, anything OpenCV decodes), resized to
+the world's frame size. A malformed body is a 400, an oversized one a 413; the
+replica keeps serving either way.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from driftlab.platform.models import build_teacher, default_device, predict
+from driftlab.platform.zoo import load_checkpoint
+
+__all__ = ["TeacherOptions", "Teacher", "teacher_app", "deploy_teacher", "ROUTE", "APP_NAME"]
+
+APP_NAME = "teacher"
+QUIET = {"log_level": "WARNING", "enable_access_log": False}
+ROUTE = "/teacher"
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    """How the teacher is served.
+
+    Attributes:
+        checkpoint: path of the teacher's weights (a ``state_dict`` file).
+        arch: its torchvision architecture.
+        num_classes: classes it predicts.
+        image_size: side of the square frames it labels (HTTP images are resized).
+        replicas: Serve replicas.
+        max_batch_size: most upload requests one batched call serves.
+        batch_wait_timeout_s: how long a batch waits to fill.
+        num_cpus: CPUs per replica (logical).
+        num_gpus: GPUs per replica (fractions share one).
+        max_body_bytes: largest HTTP body accepted.
+        max_side: largest decoded image side accepted over HTTP.
+    """
+
+    checkpoint: str
+    arch: str = "resnet18"
+    num_classes: int = 6
+    image_size: int = 64
+    replicas: int = 1
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.005
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    max_body_bytes: int = 8 << 20
+    max_side: int = 4096
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@serve.deployment(name="Teacher", max_ongoing_requests=64, logging_config=QUIET)
+class Teacher:
+    def __init__(self, opts: TeacherOptions):
+        import torch
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        self.opts = opts
+        self.device = default_device()
+        model = build_teacher(opts.arch, opts.num_classes)
+        load_checkpoint(model, opts.checkpoint)
+        self.model = model.to(self.device).eval()
+        self._label_batch.set_max_batch_size(opts.max_batch_size)
+        self._label_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+    async def label(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Labels and confidences of ``images`` (N, H, W, 3) uint8."""
+        return await self._label_batch(np.asarray(images, np.uint8))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _label_batch(self, requests: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        sizes = [len(r) for r in requests]
+        labels, confs = predict(self.model, np.concatenate(requests), device=self.device)
+        out, i = [], 0
+        for n in sizes:
+            out.append({"labels": labels[i:i + n], "confidences": confs[i:i + n]})
+            i += n
+        return out
+
+    def label_unbatched(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The same labels without batching (for the batching benchmark)."""
+        labels, confs = predict(self.model, np.asarray(images, np.uint8), device=self.device)
+        return {"labels": labels, "confidences": confs}
+
+    async def __call__(self, request):
+        from starlette.responses import JSONResponse
+
+        try:
+            image = self._decode(await request.body() if request.method == "POST" else None)
+        except HTTPError as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        result = await self.label(image[None])
+        return JSONResponse({"label": int(result["labels"][0]),
+                             "confidence": float(result["confidences"][0])})
+
+    def _decode(self, body: bytes | None) -> np.ndarray:
+        import cv2
+
+        if body is None:
+            raise HTTPError(405, f"POST an encoded image to {ROUTE}")
+        if not body:
+            raise HTTPError(400, "empty body: POST an encoded image (PNG, JPEG, ...)")
+        if len(body) > self.opts.max_body_bytes:
+            raise HTTPError(413, f"body of {len(body)} bytes exceeds {self.opts.max_body_bytes}")
+        bgr = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise HTTPError(400, "body is not an image OpenCV can decode")
+        if max(bgr.shape[:2]) > self.opts.max_side:
+            raise HTTPError(413, f"image of {bgr.shape[1]}x{bgr.shape[0]} exceeds "
+                                 f"{self.opts.max_side} px per side")
+        size = self.opts.image_size
+        return cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA),
+                            cv2.COLOR_BGR2RGB)
+
+
+def teacher_app(opts: TeacherOptions):
+    """The Serve application; the checkpoint is checked here, at deploy time,
+    so a bad one fails with one message instead of replicas crash-looping."""
+    load_checkpoint(build_teacher(opts.arch, opts.num_classes), opts.checkpoint)
+    return Teacher.options(
+        num_replicas=opts.replicas,
+        ray_actor_options={"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus},
+    ).bind(opts)
+
+
+def deploy_teacher(opts: TeacherOptions):
+    """Deploy (or redeploy) the teacher; returns its ``DeploymentHandle``."""
+    return serve.run(teacher_app(opts), name=APP_NAME, route_prefix=ROUTE)

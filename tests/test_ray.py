@@ -1,0 +1,155 @@
+"""The loop on a real local Ray: camera actors, the Serve teacher, Ray Train.
+
+One Ray instance for the module; the Serve HTTP proxy on a free port.
+"""
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+import torch
+from ray import serve
+
+from driftlab.actors.runner import NAMESPACE, RayOptions, ResourceError, plan_resources, run_on_ray
+from driftlab.actors.trainer import TrainPool
+from driftlab.deployments.teacher import ROUTE, TeacherOptions, deploy_teacher, teacher_app
+from driftlab.platform.models import build_student, build_teacher, predict
+from driftlab.platform.runner import run_inline
+from driftlab.platform.sim import JobInputs
+from driftlab.platform.training import TrainSpec
+from driftlab.platform.world import render_condition_set
+
+from conftest import SMALL_WORLD
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=4, namespace=NAMESPACE, include_dashboard=True,
+             logging_level="warning", configure_logging=True)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_run_equals_inline_and_survives_a_camera_crash(local_ray, tiny_cfg, tmp_path):
+    from ray.util.state import list_actors
+
+    cfg = tiny_cfg(strategies=["ams", "edgesync"])
+    inline = run_inline(cfg, progress=False, log=lambda *_: None)
+    seen: dict[str, set] = {}
+
+    def after_tick(strategy, k):
+        if strategy == "edgesync" and k == 3:
+            alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            seen["names"] = {a.name for a in alive}
+            seen["classes"] = {a.class_name for a in alive}
+            ray.kill(ray.get_actor("camera-1"), no_restart=False)  # a crash mid-run
+
+    out = tmp_path / "ray"
+    summary = run_on_ray(cfg, RayOptions(http_port=local_ray), out_dir=str(out), progress=False,
+                         log=lambda *_: None, after_tick=after_tick)
+    # The dashboard's state API saw the named parts while the run was going.
+    assert {"camera-0", "camera-1", "manager"} <= seen["names"]
+    assert any(c.startswith("ServeReplica:teacher:Teacher") for c in seen["classes"])
+    assert "RayTrainWorker" in seen["classes"]
+    # The crashed camera was restarted and resumed exactly where it was.
+    restarted = list_actors(filters=[("name", "=", "camera-1")], detail=True, limit=10)
+    assert max(a.num_restarts for a in restarted) >= 1
+    pd.testing.assert_frame_equal(inline, summary)
+    frames = pd.read_parquet(out / "frames.parquet")
+    assert len(frames) == 2 * cfg.cameras * int(cfg.duration * cfg.world.fps)
+    assert (out / "summary.parquet").exists() and (out / "accuracy.png").exists()
+
+
+def test_teacher_over_handle_and_http(local_ray, teacher_ckpt):
+    opts = TeacherOptions(teacher_ckpt, num_classes=SMALL_WORLD.num_classes,
+                          image_size=SMALL_WORLD.size, max_side=256, max_body_bytes=200_000)
+    handle = deploy_teacher(opts)
+    frames = render_condition_set(SMALL_WORLD, ["day", "night"], 6, seed=4)
+    model = build_teacher("resnet18", SMALL_WORLD.num_classes)
+    model.load_state_dict(torch.load(teacher_ckpt, weights_only=True))
+    direct, _ = predict(model.eval(), frames.images)
+    # Concurrent handle calls are batched and each gets its own frames' labels.
+    responses = [handle.label.remote(frames.images[i:i + 3]) for i in range(0, len(frames), 3)]
+    served = np.concatenate([r.result()["labels"] for r in responses])
+    np.testing.assert_array_equal(served, direct)
+
+    url = f"http://127.0.0.1:{local_ray}{ROUTE}"
+
+    def post(body: bytes):
+        req = urllib.request.Request(url, data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    png = cv2.imencode(".png", cv2.cvtColor(frames.images[0], cv2.COLOR_RGB2BGR))[1].tobytes()
+    status, body = post(png)
+    assert status == 200 and body["label"] == int(direct[0]) and 0 < body["confidence"] <= 1
+    status, body = post(b"not an image at all")
+    assert status == 400 and "decode" in body["error"]
+    big = cv2.imencode(".png", np.zeros((300, 300, 3), np.uint8))[1].tobytes()
+    status, body = post(big)
+    assert status == 413 and "300x300" in body["error"]
+    status, body = post(b"\0" * 300_000)
+    assert status == 413 and "exceeds" in body["error"]
+    status, body = post(png)  # the replica kept serving
+    assert status == 200 and body["label"] == int(direct[0])
+
+
+def test_bad_teacher_checkpoint_fails_at_deploy(tmp_path):
+    with pytest.raises(FileNotFoundError, match="teacher checkpoint not found"):
+        teacher_app(TeacherOptions(str(tmp_path / "missing.pt")))
+    wrong = tmp_path / "student.pt"
+    torch.save(build_student("mobilenet_v3_small", 6).state_dict(), wrong)
+    with pytest.raises(ValueError, match="does not fit a ResNet"):
+        teacher_app(TeacherOptions(str(wrong)))
+
+
+def test_train_pool_retries_a_failing_job_then_reports_it(local_ray):
+    data = render_condition_set(SMALL_WORLD, ["day"], 8, seed=2)
+    student = build_student("mobilenet_v3_small", SMALL_WORLD.num_classes)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    good = JobInputs("mobilenet_v3_small", SMALL_WORLD.num_classes, state, data.images,
+                     data.labels, None, TrainSpec(epochs=1))
+    bad = JobInputs("mobilenet_v3_small", SMALL_WORLD.num_classes, {"nonsense": torch.zeros(1)},
+                    data.images, data.labels, None, TrainSpec(epochs=1))
+    pool = TrainPool(num_workers=1, cpus_per_worker=0.5)
+    try:
+        client = pool.client()
+        messages = []
+        out = client.run([good, bad, good], log=messages.append)
+    finally:
+        pool.close()
+    assert out[1] is None and len(client.failures) == 1
+    assert "failed 2 times" in client.failures[0] and any("retrying" in m for m in messages)
+    new_state, fit_result = out[0]
+    assert fit_result.epochs_run == 1 and fit_result.samples == len(data.labels)
+    assert any(not torch.equal(new_state[k], state[k]) for k in state)
+    # Same inputs, same weights, whichever process ran them.
+    assert all(torch.equal(out[0][0][k], out[2][0][k]) for k in state)
+
+
+def test_impossible_resource_requests_are_one_clear_error(tiny_cfg):
+    cfg = tiny_cfg(cameras=40)
+    with pytest.raises(ResourceError, match=r"needs 11\.75 CPUs but the Ray cluster has 4"):
+        plan_resources(cfg, RayOptions(), {"CPU": 4.0})
+    with pytest.raises(ResourceError, match=r"needs 20 GPUs but the Ray cluster has 0"):
+        plan_resources(cfg, RayOptions(gpus_per_camera=0.5), {"CPU": 64.0})
+    plan = plan_resources(tiny_cfg(), RayOptions(), {"CPU": 4.0, "GPU": 1.0})
+    assert plan["teacher_gpus"] == 0.25 and plan["train_gpus"] == 0.5 and plan["GPU"] <= 1.0
