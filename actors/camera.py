@@ -12,6 +12,7 @@ and model where the old one stopped; nothing already reported is redone.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -40,6 +41,7 @@ class CameraActor:
                  teacher):
         from ray.util.metrics import Counter, Gauge
 
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # handle chatter
         set_determinism()
         self.index, self.source, self.cfg, self.teacher = index, source, cfg, teacher
         self.student_state = student_state

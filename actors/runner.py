@@ -8,6 +8,7 @@ step, so both runners give the same table for the same seed.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from .trainer import TrainPool
 __all__ = ["RayOptions", "ResourceError", "start_ray", "plan_resources", "run_on_ray"]
 
 NAMESPACE = "driftlab"
+# Camera actors infer a few frames at a time, all at once: OpenMP threads that
+# spin between those small calls steal the cores the other cameras compute
+# on. (Training keeps the default: passive waiting halves its speed.)
+CAMERA_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 class ResourceError(ValueError):
@@ -108,12 +113,13 @@ def start_ray(cfg: SimConfig, opts: RayOptions, log: Callable[[str], None] = pri
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
+        ctx = ray.init(address=address, namespace=NAMESPACE)
     else:
         rough = plan_resources(cfg, opts, {"CPU": math.inf, "GPU": math.inf})
         cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(rough["CPU"]))
         ctx = ray.init(num_cpus=cpus, namespace=NAMESPACE, include_dashboard=True,
                        configure_logging=True, logging_level="warning")
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return _dashboard_url(ctx)
 
 
@@ -155,6 +161,7 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     shared = {id(s): ray.put(s) for s in fleet.sources}  # a video file is put once for all
     cameras = [CameraProxy(CameraActor.options(
         name=f"camera-{i}", num_cpus=opts.cpus_per_camera, num_gpus=opts.gpus_per_camera,
+        runtime_env=CAMERA_ENV,
     ).remote(i, shared[id(src)], states[i], cfg, teacher)) for i, src in enumerate(fleet.sources)]
     manager = ManagerActor.options(name="manager", num_cpus=_MANAGER_CPUS).remote(
         cfg, ray.get(states), pool.client())

@@ -34,6 +34,7 @@ class TrainPoolError(RuntimeError):
 
 def _worker_loop(config: dict) -> None:
     """The Ray Train function: run jobs from the queue until the pool closes."""
+    import ray
     import ray.train.torch
 
     from driftlab.platform.runner import set_determinism
@@ -48,10 +49,11 @@ def _worker_loop(config: dict) -> None:
         if item is None:
             jobs.put(None)  # let the other workers see the end too
             return
-        job_id, inputs = item
+        job_id, [inputs_ref] = item
         results.put(("start", me, job_id, None))
         try:
-            results.put(("done", me, job_id, run_job(inputs, device)))
+            state, fit_result = run_job(ray.get(inputs_ref), device)
+            results.put(("done", me, job_id, ([ray.put(state)], fit_result)))
         except Exception as e:  # a job's failure is reported, not fatal to the worker
             results.put(("error", me, job_id, f"{type(e).__name__}: {e}"))
 
@@ -59,9 +61,10 @@ def _worker_loop(config: dict) -> None:
 @dataclass
 class TrainClient:
     """The manager's side of the pool: submit a batch of jobs, wait for all.
+    Inputs and weights travel as object references through the queues.
 
     Attributes:
-        jobs: queue of ``(job_id, JobInputs)`` the workers take from.
+        jobs: queue of ``(job_id, [JobInputs ref])`` the workers take from.
         results: queue of worker messages (hello, start, done, error, dead).
         num_workers: workers in the Train group (to tell a restart from a start).
     """
@@ -79,8 +82,12 @@ class TrainClient:
     def run(self, batch: list, log: Callable[[str], None] = print) -> list:
         """Run every job of ``batch``; ``(state, FitResult)`` per job, ``None``
         for one that failed twice."""
+        import ray
+
         ids = [f"{self._prefix}-{next(self._ids)}" for _ in batch]
-        inputs = dict(zip(ids, batch))
+        # Queues carry object references (in lists, so Ray leaves them
+        # unresolved): the data goes through the object store once.
+        inputs = {i: [ray.put(job)] for i, job in zip(ids, batch)}
         attempts = dict.fromkeys(ids, 1)
         started: dict[str, str] = {}
         out: dict[str, object] = {}
@@ -104,7 +111,8 @@ class TrainClient:
                 self._workers.add(worker)
                 started[job_id] = worker
             elif kind == "done":
-                out[job_id] = payload
+                [state_ref], fit_result = payload
+                out[job_id] = (ray.get(state_ref), fit_result)
             elif kind == "error":
                 started.pop(job_id, None)
                 self._retry(job_id, inputs, attempts, out, payload, log)

@@ -66,7 +66,7 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (N, H, W, 3), got {images.shape}")
     # Frames from Ray's object store are read-only; torch wants writable memory.
-    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device)
+    x = torch.from_numpy(np.require(images, requirements="CW")).to(device)
     x = x.permute(0, 3, 1, 2).float() / 255.0
     return (x - _MEAN.to(device)) / _STD.to(device)
 

@@ -99,11 +99,13 @@ def run_job(inputs: JobInputs, device: torch.device | str = "cpu") -> tuple[dict
     the new weights (on CPU) and what the training ran."""
     model = build_student(inputs.arch, inputs.num_classes)
     model.load_state_dict(inputs.state)
+    # Arrays from Ray's object store are read-only; torch wants writable ones.
+    images, labels = (np.require(a, requirements="W") for a in (inputs.images, inputs.labels))
     mask = None
-    if inputs.update_fraction < 1.0 and len(inputs.labels) >= 2:
-        mask = top_gradient_mask(model, inputs.images, inputs.labels, inputs.update_fraction, device)
-    result = fit(model, inputs.images, inputs.labels, inputs.spec, weights=inputs.weights,
-                 grad_mask=mask, device=device)
+    if inputs.update_fraction < 1.0 and len(labels) >= 2:
+        mask = top_gradient_mask(model, images, labels, inputs.update_fraction, device)
+    result = fit(model, images, labels, inputs.spec, weights=inputs.weights, grad_mask=mask,
+                 device=device)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, result
 
 
