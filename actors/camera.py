@@ -29,7 +29,7 @@ from driftlab.platform.world import FrameSource
 __all__ = ["CameraActor", "CameraProxy", "STALE"]
 
 STALE = "stale"  # answer to a call whose sequence number the actor did not expect
-_LABEL_TRIES = 5
+_LABEL_TRIES = 8
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -96,7 +96,7 @@ class CameraActor:
             except (RayActorError, RayTaskError, RuntimeError):
                 if attempt == _LABEL_TRIES - 1:
                     raise
-                time.sleep(0.5 * 2 ** attempt)
+                time.sleep(min(4.0, 0.5 * 2 ** attempt))
 
     def _tags(self) -> dict[str, str]:
         return {"camera": str(self.index), "strategy": self.strategy.name}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from driftlab.platform.models import build_teacher, default_device, predict
+from driftlab.platform.models import build_teacher, default_device, embed, predict
 from driftlab.platform.zoo import load_checkpoint
 
 __all__ = ["TeacherOptions", "Teacher", "teacher_app", "deploy_teacher", "ROUTE", "APP_NAME"]
@@ -93,6 +93,10 @@ class Teacher:
             out.append({"labels": labels[i:i + n], "confidences": confs[i:i + n]})
             i += n
         return out
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Penultimate features of ``images``, for feature distillation."""
+        return embed(self.model, np.asarray(images, np.uint8), device=self.device)
 
     def label_unbatched(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The same labels without batching (for the batching benchmark)."""

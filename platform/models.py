@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-__all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "predict",
+__all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "predict", "embed",
            "default_device", "state_to_numpy", "numpy_to_state", "count_params", "clone"]
 
 STUDENTS: dict[str, Callable[[int], nn.Module]] = {
@@ -86,6 +86,24 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
     if not preds:
         return np.empty(0, np.int64), np.empty(0, np.float32)
     return np.concatenate(preds), np.concatenate(confs)
+
+
+@torch.no_grad()
+def embed(model: nn.Module, images: np.ndarray, batch_size: int = 256,
+          device: torch.device | str | None = None) -> np.ndarray:
+    """The input of the classifier layer (penultimate features) for uint8
+    frames: what feature distillation matches a student against."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    head = model.fc if hasattr(model, "fc") else model.classifier[-1]
+    feats: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: feats.append(args[0].flatten(1).cpu()))
+    try:
+        for i in range(0, len(images), batch_size):
+            model(to_tensor(images[i:i + batch_size], device))
+    finally:
+        hook.remove()
+    return torch.cat(feats).numpy() if feats else np.empty((0, head.in_features), np.float32)
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from .training import FitResult, TrainSpec, fit, top_gradient_mask
 from .world import FrameSource
 
 __all__ = ["Camera", "Server", "Fleet", "FrameLog", "JobRecord", "Upload", "JobInputs", "Deployment",
-           "run_job", "serve_jobs", "run_strategy"]
+           "run_job", "serve_jobs", "num_ticks", "Simulation", "run_strategy"]
 
 
 @dataclass
@@ -318,32 +318,50 @@ def num_ticks(cfg: SimConfig, sources: list[FrameSource]) -> tuple[int, float]:
     return int(math.ceil(duration / cfg.tick - 1e-9)), duration
 
 
+class Simulation:
+    """One strategy's run in this process, advanced tick by tick: iterating it
+    yields ``(t, frame logs of the tick, jobs started in it)``."""
+
+    def __init__(self, cfg: SimConfig, name: str, fleet: Fleet):
+        self.cfg, self.fleet = cfg, fleet
+        self.strategy = build_strategy(name, cfg)
+        self.cameras = [Camera(i, src, clone(s), cfg.world.num_classes)
+                        for i, (src, s) in enumerate(zip(fleet.sources, fleet.students))]
+        self.server = Server(cfg, fleet.students, fleet.device)
+
+    def _label(self, images: np.ndarray) -> np.ndarray:
+        return predict(self.fleet.teacher, images, device=self.fleet.device)[0]
+
+    def _execute(self, batch: list[JobInputs]) -> list[tuple[dict, FitResult]]:
+        return [run_job(inputs, self.fleet.device) for inputs in batch]
+
+    def __iter__(self) -> Iterator[tuple[float, list[FrameLog], list[JobRecord]]]:
+        cfg, strategy, server, cameras = self.cfg, self.strategy, self.server, self.cameras
+        period_ticks = max(1, int(round(strategy.period() / cfg.tick)))
+        ticks, duration = num_ticks(cfg, self.fleet.sources)
+        for k in range(ticks):
+            t1 = min((k + 1) * cfg.tick, duration)
+            deployments = serve_jobs(strategy, server, t1, self._execute) if strategy.adapts else []
+            for d in deployments:
+                cameras[d.record.camera].deploy_at(d.record.deployed, d.version, d.state)
+            logs = [cam.run(t1) for cam in cameras]
+            for log in logs:
+                self.fleet.true_labels(log)
+            if strategy.adapts and (k + 1) % period_ticks == 0:
+                for cam in cameras:
+                    up = cam.upload(strategy, t1, self._label)
+                    if up is not None:
+                        strategy.submit(server.receive(up, t1))
+            yield t1, logs, [d.record for d in deployments]
+
+
 def run_strategy(cfg: SimConfig, name: str, fleet: Fleet,
                  on_tick: Callable[[float, list[FrameLog], list[JobRecord]], None] | None = None,
                  ) -> tuple[Strategy, Server]:
     """Play the whole stream for strategy ``name`` in this process; results go
     to ``on_tick`` after every tick (the tick's frames, the jobs started in it)."""
-    strategy = build_strategy(name, cfg)
-    cameras = [Camera(i, src, clone(s), cfg.world.num_classes)
-               for i, (src, s) in enumerate(zip(fleet.sources, fleet.students))]
-    server = Server(cfg, fleet.students, fleet.device)
-    teacher = lambda images: predict(fleet.teacher, images, device=fleet.device)[0]  # noqa: E731
-    execute = lambda batch: [run_job(inputs, fleet.device) for inputs in batch]  # noqa: E731
-    period_ticks = max(1, int(round(strategy.period() / cfg.tick)))
-    ticks, duration = num_ticks(cfg, fleet.sources)
-    for k in range(ticks):
-        t1 = min((k + 1) * cfg.tick, duration)
-        deployments = serve_jobs(strategy, server, t1, execute) if strategy.adapts else []
-        for d in deployments:
-            cameras[d.record.camera].deploy_at(d.record.deployed, d.version, d.state)
-        logs = [cam.run(t1) for cam in cameras]
-        for log in logs:
-            fleet.true_labels(log)
-        if strategy.adapts and (k + 1) % period_ticks == 0:
-            for cam in cameras:
-                up = cam.upload(strategy, t1, teacher)
-                if up is not None:
-                    strategy.submit(server.receive(up, t1))
+    sim = Simulation(cfg, name, fleet)
+    for tick in sim:
         if on_tick is not None:
-            on_tick(t1, logs, [d.record for d in deployments])
-    return strategy, server
+            on_tick(*tick)
+    return sim.strategy, sim.server

@@ -45,7 +45,7 @@ def local_ray():
 
 
 @pytest.mark.slow
-def test_ray_run_equals_inline_and_survives_a_camera_crash(local_ray, tiny_cfg, tmp_path):
+def test_ray_run_equals_inline_and_survives_crashes(local_ray, tiny_cfg, tmp_path):
     from ray.util.state import list_actors
 
     cfg = tiny_cfg(strategies=["ams", "edgesync"])
@@ -53,10 +53,16 @@ def test_ray_run_equals_inline_and_survives_a_camera_crash(local_ray, tiny_cfg, 
     seen: dict[str, set] = {}
 
     def after_tick(strategy, k):
+        if strategy == "ams" and k == 4:  # the teacher's replica dies; Serve replaces it
+            replica = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                           if a.class_name.startswith("ServeReplica:teacher:Teacher"))
+            ray.kill(ray.get_actor(replica.name, namespace="serve"), no_restart=True)
+            seen["killed_replica"] = replica.actor_id
         if strategy == "edgesync" and k == 3:
             alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
             seen["names"] = {a.name for a in alive}
             seen["classes"] = {a.class_name for a in alive}
+            seen["ids"] = {a.actor_id for a in alive}
             ray.kill(ray.get_actor("camera-1"), no_restart=False)  # a crash mid-run
 
     out = tmp_path / "ray"
@@ -65,6 +71,7 @@ def test_ray_run_equals_inline_and_survives_a_camera_crash(local_ray, tiny_cfg, 
     # The dashboard's state API saw the named parts while the run was going.
     assert {"camera-0", "camera-1", "manager"} <= seen["names"]
     assert any(c.startswith("ServeReplica:teacher:Teacher") for c in seen["classes"])
+    assert seen["killed_replica"] not in seen["ids"]  # a new replica served the rest
     assert "RayTrainWorker" in seen["classes"]
     # The crashed camera was restarted and resumed exactly where it was.
     restarted = list_actors(filters=[("name", "=", "camera-1")], detail=True, limit=10)
@@ -87,6 +94,9 @@ def test_teacher_over_handle_and_http(local_ray, teacher_ckpt):
     responses = [handle.label.remote(frames.images[i:i + 3]) for i in range(0, len(frames), 3)]
     served = np.concatenate([r.result()["labels"] for r in responses])
     np.testing.assert_array_equal(served, direct)
+    feats = handle.features.remote(frames.images[:4]).result()
+    assert feats.shape == (4, model.fc.in_features)
+    np.testing.assert_allclose(model.fc(torch.from_numpy(feats)).argmax(1).numpy(), direct[:4])
 
     url = f"http://127.0.0.1:{local_ray}{ROUTE}"
 
