@@ -27,6 +27,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from ray import tune  # noqa: E402
 
 from driftlab.platform.config import ConfigError, SimConfig, config_from_dict, load_config  # noqa: E402
 from driftlab.platform.strategies import STRATEGIES  # noqa: E402
@@ -38,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML of SimConfig fields every simulation starts from")
-    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--trials", type=int, default=16)
     p.add_argument("--scenarios", default="day_night,weather", help="search scenarios")
     p.add_argument("--seeds", default="0", help="search seeds")
     p.add_argument("--heldout-scenarios", default="scene_change,mixed")
@@ -47,7 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=300.0, help="stream seconds per simulation")
     p.add_argument("--searcher", choices=("bo", "random"), default="bo",
                    help="bo: Bayesian optimisation (Optuna TPE); random: random search")
-    p.add_argument("--concurrency", type=int, default=2, help="trials at once")
+    p.add_argument("--concurrency", type=int, default=max(1, (os.cpu_count() or 1) // 2),
+                   help="trials at once (each trial uses 2 threads, as drift_sim.py does, "
+                        "so its numbers repeat there)")
     p.add_argument("--address", help="join this Ray cluster (default: an embedded local Ray)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher")
     p.add_argument("--out", default="runs/tune")
@@ -84,19 +87,27 @@ def _warm(cfgs: list[SimConfig]) -> None:
         build_fleet(cfg, log=lambda *_: None)
 
 
-def _threads(concurrency: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
+def _resources(args) -> dict:
+    """Logical CPUs per trial: the machine split ``--concurrency`` ways here,
+    two per trial on a cluster."""
+    return {"cpu": (os.cpu_count() or 1) / args.concurrency if not args.address else 2}
 
 
-def _search_trial(params: dict, cfgs: list[SimConfig], threads: int) -> None:
+class _Progress(tune.Callback):
+    """One line per finished trial (Tune's own tables are set quiet)."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        if "accuracy" in r:
+            print(f"  trial {trial.trial_id}: accuracy {r['accuracy']:.3f}"
+                  + (f" after {r['window']} windows" if "window" in r else ""), flush=True)
+
+
+def _search_trial(params: dict, cfgs: list[SimConfig]) -> None:
     """One Tune trial: the configuration on every search scenario, reported per window."""
-    import torch
-    from ray import tune
+    from driftlab.platform.runner import build_fleet, set_determinism
 
-    from driftlab.platform.runner import build_fleet
-
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_determinism()  # the thread count of drift_sim.py: a trial's numbers repeat there
     cfgs = [with_params(c, params) for c in cfgs]
     fleets = [build_fleet(c, log=lambda *_: None) for c in cfgs]
     for window, acc in enumerate(accuracy_by_window(cfgs, fleets, every=cfgs[0].window), 1):
@@ -104,16 +115,12 @@ def _search_trial(params: dict, cfgs: list[SimConfig], threads: int) -> None:
 
 
 def _tune_space() -> dict:
-    from ray import tune
-
     make = {"loguniform": tune.loguniform, "uniform": tune.uniform,
             "choice": lambda options: tune.choice(options)}
     return {name: make[kind](*spec) for name, (kind, *spec) in SEARCH_SPACE.items()}
 
 
 def search(args, base: SimConfig) -> int:
-    import ray
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     search_cfgs = _pairs(base, _split(args.scenarios), _split(args.seeds, int))
@@ -134,19 +141,19 @@ def search(args, base: SimConfig) -> int:
 
         searcher = BasicVariantGenerator(random_state=args.seed, max_concurrent=args.concurrency)
     _init_ray(args)
-    threads = _threads(args.concurrency)
-    trainable = tune.with_resources(
-        tune.with_parameters(_search_trial, cfgs=search_cfgs, threads=threads),
-        {"cpu": (os.cpu_count() or 1) / args.concurrency if not args.address else threads})
+    trainable = tune.with_resources(tune.with_parameters(_search_trial, cfgs=search_cfgs),
+                                    _resources(args))
     tuner = tune.Tuner(
         trainable, param_space=_tune_space(),
         tune_config=tune.TuneConfig(
             metric="accuracy", mode="max", num_samples=args.trials, search_alg=searcher,
             scheduler=ASHAScheduler(time_attr="window", max_t=windows,
-                                    grace_period=max(1, windows // 3), reduction_factor=2)),
+                                    grace_period=max(1, windows // 2), reduction_factor=2)),
         run_config=tune.RunConfig(name="driftlab-tune", storage_path=os.path.abspath(args.out),
-                                  verbose=1))
+                                  verbose=0, callbacks=[_Progress()]))
     started = time.time()
+    print(f"{args.trials} trials, {args.concurrency} at a time, on "
+          f"{len(search_cfgs)} scenario/seed pair(s) ...", flush=True)
     grid = tuner.fit()
     trials = _trials_table(grid)
     trials.to_parquet(os.path.join(args.out, "trials.parquet"), index=False)
@@ -226,14 +233,10 @@ def _plot_search(grid, trials: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
-def _sweep_trial(config: dict, base: SimConfig, threads: int) -> None:
+def _sweep_trial(config: dict, base: SimConfig) -> None:
     """One grid point of the sweep: one strategy, one fleet size and budget."""
-    import torch
-    from ray import tune
-
     from driftlab.platform.runner import run_inline
 
-    torch.set_num_threads(threads)
     point = config["point"]
     cfg = config_from_dict({"strategies": [config["strategy"]], "cameras": point["cameras"],
                             "upload_fraction": point["upload_fraction"]}, base)
@@ -244,8 +247,6 @@ def _sweep_trial(config: dict, base: SimConfig, threads: int) -> None:
 
 def sweep(args, base: SimConfig) -> int:
     """Every strategy over fleet sizes (budget fixed) and over upload budgets."""
-    from ray import tune
-
     strategies = _split(args.strategies)
     for s in strategies:
         if s not in STRATEGIES:
@@ -260,14 +261,11 @@ def sweep(args, base: SimConfig) -> int:
           flush=True)
     _warm([config_from_dict({"cameras": n}, base) for n in sorted({p["cameras"] for p in points})])
     _init_ray(args)
-    threads = _threads(args.concurrency)
     space = {"strategy": tune.grid_search(strategies), "point": tune.grid_search(points)}
-    trainable = tune.with_resources(
-        tune.with_parameters(_sweep_trial, base=base, threads=threads),
-        {"cpu": (os.cpu_count() or 1) / args.concurrency if not args.address else threads})
+    trainable = tune.with_resources(tune.with_parameters(_sweep_trial, base=base), _resources(args))
     grid = tune.Tuner(trainable, param_space=space,
                       tune_config=tune.TuneConfig(max_concurrent_trials=args.concurrency),
-                      run_config=tune.RunConfig(name="driftlab-sweep", verbose=1,
+                      run_config=tune.RunConfig(name="driftlab-sweep", verbose=0, callbacks=[_Progress()],
                                                 storage_path=os.path.abspath(args.out))).fit()
     rows = [{"strategy": r.config["strategy"], **r.config["point"], **r.metrics} for r in grid
             if r.metrics and "accuracy" in r.metrics]

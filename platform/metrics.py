@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pandas as pd
 
-__all__ = ["ResultSink", "summarize", "format_table", "plot_accuracy", "SUMMARY_COLUMNS"]
+__all__ = ["ResultSink", "summarize", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
+           "detection_map", "segment_iou", "THUMOS_TIOUS"]
 
 SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "frames_uploaded",
                    "label_gpu_s", "train_gpu_s", "jobs"]
@@ -129,3 +130,79 @@ def plot_accuracy(frames: pd.DataFrame, path: str, bin_s: float = 20.0, title: s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- temporal action detection (seed 3), ActivityNet protocol ------------------
+
+THUMOS_TIOUS = np.round(np.arange(0.1, 0.75, 0.1), 2)  # 0.1:0.1:0.7, as THUMOS-14 papers report
+
+
+def detection_map(ground_truth: pd.DataFrame, predictions: pd.DataFrame,
+                  tiou_thresholds=THUMOS_TIOUS) -> np.ndarray:
+    """Mean average precision of temporal detections at each tIoU threshold.
+
+    ``ground_truth`` has columns ``video, label, t_start, t_end``;
+    ``predictions`` the same plus ``score``. Follows the ActivityNet detection
+    evaluation exactly: per class, predictions sorted by descending score; each
+    prediction matched to the unmatched ground truth of its video and class
+    with the highest tIoU at or above the threshold (each ground truth at most
+    once per threshold, so a duplicate is a false positive, and so is a
+    prediction in a video without that class); AP all-point interpolated.
+    The mean is over classes that have ground truth.
+    """
+    thresholds = np.asarray(tiou_thresholds, float)
+    classes = sorted(ground_truth.label.unique())
+    if not classes:
+        raise ValueError("detection_map needs at least one ground-truth segment")
+    ap = np.zeros((len(classes), len(thresholds)))
+    for ci, c in enumerate(classes):
+        gt = ground_truth[ground_truth.label == c]
+        pred = predictions[predictions.label == c]
+        ap[ci] = _class_ap(gt, pred, thresholds)
+    return ap.mean(axis=0)
+
+
+def _class_ap(gt: pd.DataFrame, pred: pd.DataFrame, thresholds: np.ndarray) -> np.ndarray:
+    if pred.empty:
+        return np.zeros(len(thresholds))
+    pred = pred.sort_values("score", ascending=False, kind="mergesort")
+    gt_by_video = {v: g[["t_start", "t_end"]].to_numpy(float) for v, g in gt.groupby("video")}
+    matched = {v: np.zeros((len(thresholds), len(g)), bool) for v, g in gt_by_video.items()}
+    tp = np.zeros((len(thresholds), len(pred)))
+    for i, (video, s, e) in enumerate(pred[["video", "t_start", "t_end"]].itertuples(index=False)):
+        segs = gt_by_video.get(video)
+        if segs is None:
+            continue  # no ground truth of this class in the video: a false positive
+        tiou = segment_iou(float(s), float(e), segs)
+        order = np.argsort(-tiou, kind="mergesort")
+        for k, thr in enumerate(thresholds):
+            for j in order:
+                if tiou[j] < thr:
+                    break
+                if not matched[video][k, j]:
+                    matched[video][k, j] = True
+                    tp[k, i] = 1
+                    break
+    npos = len(gt)
+    tp_cum = np.cumsum(tp, axis=1)
+    fp_cum = np.cumsum(1 - tp, axis=1)
+    recall = tp_cum / npos
+    precision = tp_cum / (tp_cum + fp_cum)
+    return np.array([_interpolated_ap(precision[k], recall[k]) for k in range(len(thresholds))])
+
+
+def segment_iou(t_start: float, t_end: float, segments: np.ndarray) -> np.ndarray:
+    """Temporal IoU of one segment with each row ``(start, end)`` of ``segments``."""
+    inter = np.clip(np.minimum(t_end, segments[:, 1]) - np.maximum(t_start, segments[:, 0]), 0, None)
+    union = (t_end - t_start) + (segments[:, 1] - segments[:, 0]) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
+    """All-point interpolated AP (the ActivityNet / VOC2010+ definition)."""
+    mprec = np.concatenate([[0.0], precision, [0.0]])
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    for i in range(len(mprec) - 2, -1, -1):
+        mprec[i] = max(mprec[i], mprec[i + 1])
+    idx = np.where(mrec[1:] != mrec[:-1])[0] + 1
+    return float(np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx]))
