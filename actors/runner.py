@@ -52,6 +52,7 @@ class RayOptions:
         cpus_per_camera: logical CPUs each camera actor reserves.
         gpus_per_camera: GPU fraction each camera actor reserves (0: CPU).
         teacher_replicas: Serve replicas of the teacher.
+        teacher_batch: most uploads one batched teacher call serves.
         teacher_gpus: GPU fraction per teacher replica (None: 0.25 when the
             cluster has GPUs, else 0).
         train_workers: Ray Train workers running jobs.
@@ -65,6 +66,7 @@ class RayOptions:
     cpus_per_camera: float = 0.25
     gpus_per_camera: float = 0.0
     teacher_replicas: int = 1
+    teacher_batch: int = 16
     teacher_gpus: float | None = None
     train_workers: int = 1
     train_gpus: float | None = None
@@ -74,8 +76,8 @@ class RayOptions:
         for name in ("cpus_per_camera", "gpus_per_camera"):
             if getattr(self, name) < 0:
                 raise ResourceError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.teacher_replicas < 1 or self.train_workers < 1:
-            raise ResourceError("teacher_replicas and train_workers must be at least 1")
+        if min(self.teacher_replicas, self.teacher_batch, self.train_workers) < 1:
+            raise ResourceError("teacher_replicas, teacher_batch and train_workers must be at least 1")
 
 
 _TEACHER_CPUS, _MANAGER_CPUS, _TRAIN_CPUS = 0.5, 0.25, 1.0
@@ -105,7 +107,7 @@ def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float]
     return {"teacher_gpus": teacher_gpus, "train_gpus": train_gpus, **need}
 
 
-def start_ray(cfg: SimConfig, opts: RayOptions, log: Callable[[str], None] = print) -> str:
+def start_ray(cfg: SimConfig, opts: RayOptions) -> str:
     """Connect to ``opts.address`` (or ``RAY_ADDRESS``), else start a local
     Ray sized for the run; returns the dashboard URL ('' without one)."""
     if ray.is_initialized():
@@ -153,7 +155,8 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     serve.start(http_options={"host": "127.0.0.1", "port": opts.http_port}, logging_config=QUIET)
     teacher = deploy_teacher(TeacherOptions(
         checkpoint, cfg.teacher, cfg.world.num_classes, cfg.world.size,
-        replicas=opts.teacher_replicas, num_cpus=_TEACHER_CPUS, num_gpus=plan["teacher_gpus"]))
+        replicas=opts.teacher_replicas, max_batch_size=opts.teacher_batch, num_cpus=_TEACHER_CPUS,
+        num_gpus=plan["teacher_gpus"]))
     pool = TrainPool(opts.train_workers, cpus_per_worker=_TRAIN_CPUS, gpus_per_worker=plan["train_gpus"])
     # Constructor arguments stay referenced for the whole run: a restarted
     # camera actor is built from them again.

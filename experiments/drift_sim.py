@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ray.add_argument("--cpus-per-camera", type=float, default=0.25)
     ray.add_argument("--gpus-per-camera", type=float, default=0.0)
     ray.add_argument("--teacher-replicas", type=int, default=1)
+    ray.add_argument("--teacher-batch", type=int, default=16, help="uploads per batched teacher call")
     ray.add_argument("--train-workers", type=int, default=1)
     ray.add_argument("--http-port", type=int, default=8000, help="Serve HTTP port (teacher route)")
     return p.parse_args(argv)
@@ -71,7 +72,8 @@ def run(cfg: SimConfig, args: argparse.Namespace):
 
     opts = RayOptions(address=args.address, num_cpus=args.num_cpus,
                       cpus_per_camera=args.cpus_per_camera, gpus_per_camera=args.gpus_per_camera,
-                      teacher_replicas=args.teacher_replicas, train_workers=args.train_workers,
+                      teacher_replicas=args.teacher_replicas, teacher_batch=args.teacher_batch,
+                      train_workers=args.train_workers,
                       http_port=args.http_port)
     url = start_ray(cfg, opts)
     print(f"Ray dashboard: {url or 'not running (install ray[default])'}", flush=True)
