@@ -1,6 +1,4 @@
 """Unit behaviour of the sample filters and the training managers."""
-import dataclasses
-
 import numpy as np
 import pytest
 

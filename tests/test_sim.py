@@ -1,10 +1,5 @@
 """End-to-end runs of the loop (inline runner) on a tiny world."""
-import os
-
-import numpy as np
 import pandas as pd
-import pytest
-import torch
 
 from driftlab.platform.models import build_student
 from driftlab.platform.runner import run_inline
