@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+import ray
 from ray.util.queue import Queue
 
 __all__ = ["TrainPool", "TrainClient", "TrainPoolError"]
@@ -34,7 +35,6 @@ class TrainPoolError(RuntimeError):
 
 def _worker_loop(config: dict) -> None:
     """The Ray Train function: run jobs from the queue until the pool closes."""
-    import ray
     import ray.train.torch
 
     from driftlab.platform.runner import set_determinism
@@ -82,8 +82,6 @@ class TrainClient:
     def run(self, batch: list, log: Callable[[str], None] = print) -> list:
         """Run every job of ``batch``; ``(state, FitResult)`` per job, ``None``
         for one that failed twice."""
-        import ray
-
         ids = [f"{self._prefix}-{next(self._ids)}" for _ in batch]
         # Queues carry object references (in lists, so Ray leaves them
         # unresolved): the data goes through the object store once.

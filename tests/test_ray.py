@@ -163,3 +163,44 @@ def test_impossible_resource_requests_are_one_clear_error(tiny_cfg):
         plan_resources(cfg, RayOptions(gpus_per_camera=0.5), {"CPU": 64.0})
     plan = plan_resources(tiny_cfg(), RayOptions(), {"CPU": 4.0, "GPU": 1.0})
     assert plan["teacher_gpus"] == 0.25 and plan["train_gpus"] == 0.5 and plan["GPU"] <= 1.0
+
+
+@pytest.mark.slow
+def test_train_pool_survives_a_dead_worker(local_ray):
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    data = render_condition_set(SMALL_WORLD, ["day"], 32, seed=3)
+    state = build_student("mobilenet_v3_small", SMALL_WORLD.num_classes).state_dict()
+
+    def job(epochs):
+        return JobInputs("mobilenet_v3_small", SMALL_WORLD.num_classes, state, data.images,
+                         data.labels, None, TrainSpec(epochs=epochs))
+
+    pool = TrainPool(num_workers=1, cpus_per_worker=0.5)
+    killed = []
+
+    def kill_worker():  # while the long job runs
+        time.sleep(2)
+        worker = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                      if a.class_name == "RayTrainWorker")
+        os.kill(worker.pid, signal.SIGKILL)
+        killed.append(worker.pid)
+
+    try:
+        client = pool.client()
+        client.run([job(1)])  # the worker is up and waiting
+        messages = []
+        killer = threading.Thread(target=kill_worker)
+        killer.start()
+        out = client.run([job(60)], log=messages.append)
+        killer.join()
+    finally:
+        pool.close()
+    assert killed and any("worker died" in m for m in messages), messages
+    _, fit_result = out[0]  # the job ran again, whole, on the restarted worker
+    assert fit_result.epochs_run == 60 and not client.failures
