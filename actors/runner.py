@@ -19,7 +19,7 @@ import ray
 
 from driftlab.platform.config import SimConfig
 from driftlab.platform.runner import build_fleet, run_strategies, set_determinism
-from driftlab.platform.sim import num_ticks
+from driftlab.platform.sim import num_ticks, uploads_at
 from driftlab.platform.strategies import build_strategy
 from driftlab.platform.zoo import teacher_checkpoint
 
@@ -160,19 +160,19 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     pool = TrainPool(opts.train_workers, cpus_per_worker=_TRAIN_CPUS, gpus_per_worker=plan["train_gpus"])
     # Constructor arguments stay referenced for the whole run: a restarted
     # camera actor is built from them again.
-    states = [ray.put({k: v.cpu() for k, v in s.state_dict().items()}) for s in fleet.students]
+    state_dicts = [{k: v.cpu() for k, v in s.state_dict().items()} for s in fleet.students]
+    states = [ray.put(d) for d in state_dicts]
     shared = {id(s): ray.put(s) for s in fleet.sources}  # a video file is put once for all
     cameras = [CameraProxy(CameraActor.options(
         name=f"camera-{i}", num_cpus=opts.cpus_per_camera, num_gpus=opts.gpus_per_camera,
         runtime_env=CAMERA_ENV,
     ).remote(i, shared[id(src)], states[i], cfg, teacher)) for i, src in enumerate(fleet.sources)]
     manager = ManagerActor.options(name="manager", num_cpus=_MANAGER_CPUS).remote(
-        cfg, ray.get(states), pool.client())
+        cfg, state_dicts, pool.client())
     ticks, duration = num_ticks(cfg, fleet.sources)
 
     def play(name: str, on_tick) -> tuple[int, float]:
         strategy = build_strategy(name, cfg)
-        period_ticks = max(1, int(round(strategy.period() / cfg.tick)))
         ray.get(manager.start.remote(name))
         for cam in cameras:
             cam.reset()
@@ -186,7 +186,7 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
             logs = _gather(cameras, "run", t1)
             for lg in logs:
                 fleet.true_labels(lg)
-            if strategy.adapts and (k + 1) % period_ticks == 0:
+            if uploads_at(strategy, cfg, k):
                 ray.get(manager.submit.remote(t1, _gather(cameras, "upload", t1)))
             on_tick(t1, logs, [d.record for d in deployments])
             if after_tick is not None:

@@ -27,7 +27,7 @@ from .training import FitResult, TrainSpec, fit, top_gradient_mask
 from .world import FrameSource
 
 __all__ = ["Camera", "Server", "Fleet", "FrameLog", "JobRecord", "Upload", "JobInputs", "Deployment",
-           "run_job", "serve_jobs", "num_ticks", "Simulation", "run_strategy"]
+           "run_job", "serve_jobs", "uploads_at", "num_ticks", "Simulation", "run_strategy"]
 
 
 @dataclass
@@ -312,6 +312,11 @@ class Fleet:
             log.labels = gt[np.round(log.times * self.sources[log.camera].fps).astype(int)]
 
 
+def uploads_at(strategy: Strategy, cfg: SimConfig, k: int) -> bool:
+    """Whether cameras upload (and request retraining) after tick ``k``."""
+    return strategy.adapts and (k + 1) % max(1, int(round(strategy.period() / cfg.tick))) == 0
+
+
 def num_ticks(cfg: SimConfig, sources: list[FrameSource]) -> tuple[int, float]:
     """Ticks to play, and the stream seconds they cover (the shortest source bounds it)."""
     duration = min(cfg.duration, min(s.num_frames / s.fps for s in sources))
@@ -337,7 +342,6 @@ class Simulation:
 
     def __iter__(self) -> Iterator[tuple[float, list[FrameLog], list[JobRecord]]]:
         cfg, strategy, server, cameras = self.cfg, self.strategy, self.server, self.cameras
-        period_ticks = max(1, int(round(strategy.period() / cfg.tick)))
         ticks, duration = num_ticks(cfg, self.fleet.sources)
         for k in range(ticks):
             t1 = min((k + 1) * cfg.tick, duration)
@@ -347,7 +351,7 @@ class Simulation:
             logs = [cam.run(t1) for cam in cameras]
             for log in logs:
                 self.fleet.true_labels(log)
-            if strategy.adapts and (k + 1) % period_ticks == 0:
+            if uploads_at(strategy, cfg, k):
                 for cam in cameras:
                     up = cam.upload(strategy, t1, self._label)
                     if up is not None:
