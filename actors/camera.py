@@ -68,9 +68,9 @@ class CameraActor:
         """Begin a strategy's run: the initial student, the stream's start."""
         model = build_student(self.cfg.student, self.cfg.world.num_classes)
         model.load_state_dict(self.student_state)
-        self.camera = Camera(self.index, self.source, model.to(self.device).eval(),
-                             self.cfg.world.num_classes)
         self.strategy = build_strategy(strategy, self.cfg)
+        self.camera = Camera(self.index, self.source, model.to(self.device).eval(),
+                             self.cfg.world.num_classes, detector=self.strategy.drift_detector())
 
     def _deploy(self, t: float, version: int, state: dict) -> None:
         self.camera.deploy_at(t, version, state)

@@ -3,9 +3,11 @@
 A ``TorchTrainer.fit()`` costs ~13 s of start-up on a small machine, far more
 than one camera's job (a second or two), so :class:`TrainPool` runs one
 long-lived fit whose workers take jobs from a queue until the pool closes.
-Each job is a self-contained :class:`~driftlab.platform.sim.JobInputs`; a
-worker runs :func:`~driftlab.platform.sim.run_job` on its Train device (a GPU
-when the pool has one) and sends back the new weights.
+Each job is self-contained and has a ``run(device)`` method returning
+``(state_dict, result)``: a camera's retraining
+(:class:`~driftlab.platform.sim.JobInputs`) or a student's distillation
+(:class:`~driftlab.platform.distill.DistillJob`). A worker runs it on its
+Train device (a GPU when the pool has one) and sends back the new weights.
 
 The manager talks to the pool through a :class:`TrainClient` (two queue
 handles, picklable). A job that raises is retried once, then reported as
@@ -38,7 +40,6 @@ def _worker_loop(config: dict) -> None:
     import ray.train.torch
 
     from driftlab.platform.runner import set_determinism
-    from driftlab.platform.sim import run_job
 
     set_determinism()
     device = ray.train.torch.get_device()
@@ -52,7 +53,7 @@ def _worker_loop(config: dict) -> None:
         job_id, [inputs_ref] = item
         results.put(("start", me, job_id, None))
         try:
-            state, fit_result = run_job(ray.get(inputs_ref), device)
+            state, fit_result = ray.get(inputs_ref).run(device)
             results.put(("done", me, job_id, ([ray.put(state)], fit_result)))
         except Exception as e:  # a job's failure is reported, not fatal to the worker
             results.put(("error", me, job_id, f"{type(e).__name__}: {e}"))
@@ -64,7 +65,7 @@ class TrainClient:
     Inputs and weights travel as object references through the queues.
 
     Attributes:
-        jobs: queue of ``(job_id, [JobInputs ref])`` the workers take from.
+        jobs: queue of ``(job_id, [job ref])`` the workers take from.
         results: queue of worker messages (hello, start, done, error, dead).
         num_workers: workers in the Train group (to tell a restart from a start).
     """

@@ -1,8 +1,8 @@
 """Which adaptation strategy keeps a camera fleet accurate under drift, at what cost?
 
 Runs every strategy on the same drifting streams and prints one table:
-mean accuracy, accuracy during drift, mean update delay, frames uploaded and
-GPU-seconds. ``--out DIR`` also writes frames/jobs/summary Parquet, the
+mean accuracy, accuracy during drift, mean update delay, reaction time to
+drift, frames uploaded and GPU-seconds. ``--out DIR`` also writes frames/jobs/summary Parquet, the
 accuracy plot and the resolved config.
 
 By default the loop runs on Ray: camera actors, the teacher on Ray Serve,
@@ -13,6 +13,7 @@ the same numbers for the same seed.
     python experiments/drift_sim.py                       # default preset, on Ray
     python experiments/drift_sim.py --scenario weather --cameras 6 --out runs/weather
     python experiments/drift_sim.py --address auto --gpus-per-camera 0.1
+    python experiments/drift_sim.py --strategies periodic,periodic+cp,edgesync,edgesync+cp
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scenario", help=f"drift scenario: {', '.join(SCENARIOS)}")
     p.add_argument("--cameras", type=int, help="number of cameras")
     p.add_argument("--duration", type=float, help="stream seconds per camera")
-    p.add_argument("--strategies", help=f"comma-separated, from: {', '.join(STRATEGIES)}")
+    p.add_argument("--strategies", help=f"comma-separated, from: {', '.join(STRATEGIES)}; "
+                                        "add +cp to an adapting one (e.g. periodic+cp) to retrain "
+                                        "on change points of the camera's feature stream")
     p.add_argument("--seed", type=int, help="seed of streams, models and jobs")
     p.add_argument("--source", help="a video file every camera reads instead of the synthetic world")
     p.add_argument("--labels", help="CSV (frame,label) of ground truth for --source")

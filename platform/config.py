@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from .drift import ChangePointParams
 from .world import SCENARIOS, WorldConfig
 
 __all__ = ["CostModel", "EdgeSyncParams", "SimConfig", "ConfigError", "load_config",
@@ -87,7 +88,9 @@ class SimConfig:
         cameras: number of cameras in the fleet.
         duration: stream seconds each camera plays.
         seed: seeds the streams, the models and every job.
-        strategies: strategies to run, each on the same streams.
+        strategies: strategies to run, each on the same streams; ``<name>+cp``
+            runs strategy ``name`` with the change-point trigger (its cameras
+            retrain when their feature stream changes, not every period).
         window: retraining window in seconds (Ekya's retraining window).
         tick: the simulation step; deployments land at exact times within it.
         upload_fraction: bandwidth budget, the share of frames a camera may upload.
@@ -102,6 +105,7 @@ class SimConfig:
         world: the synthetic world's properties.
         costs: the virtual clock's cost model.
         edgesync: the ``edgesync`` strategy's hyperparameters.
+        changepoint: the change-point trigger's settings (``+cp`` strategies).
     """
 
     scenario: str = "day_night"
@@ -123,6 +127,7 @@ class SimConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     costs: CostModel = field(default_factory=CostModel)
     edgesync: EdgeSyncParams = field(default_factory=EdgeSyncParams)
+    changepoint: ChangePointParams = field(default_factory=ChangePointParams)
 
     def __post_init__(self):
         _validate_positive(self, "cameras", "duration", "window", "tick", "server_gpus",
@@ -138,11 +143,13 @@ class SimConfig:
             raise ConfigError(f"duration ({self.duration}) must be at least one window ({self.window})")
         if not self.strategies:
             raise ConfigError("no strategy to run")
-        from .strategies import STRATEGIES  # late: strategies import this module
+        from .strategies import check_strategy  # late: strategies import this module
 
         for s in self.strategies:
-            if s not in STRATEGIES:
-                raise ConfigError(f"unknown strategy {s!r}; choose from: {', '.join(STRATEGIES)}")
+            try:
+                check_strategy(s)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
     @property
     def num_ticks(self) -> int:
@@ -156,7 +163,8 @@ def _validate_positive(cfg: Any, *names: str) -> None:
             raise ConfigError(f"{n} must be a positive number, got {v!r}")
 
 
-_NESTED = {"world": WorldConfig, "costs": CostModel, "edgesync": EdgeSyncParams}
+_NESTED = {"world": WorldConfig, "costs": CostModel, "edgesync": EdgeSyncParams,
+           "changepoint": ChangePointParams}
 
 
 def config_from_dict(values: dict[str, Any], base: SimConfig | None = None) -> SimConfig:

@@ -10,11 +10,11 @@ import os
 import numpy as np
 import pandas as pd
 
-__all__ = ["ResultSink", "summarize", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
-           "detection_map", "segment_iou", "THUMOS_TIOUS"]
+__all__ = ["ResultSink", "summarize", "reaction_time", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
+           "detection_map", "segment_iou", "THUMOS_TIOUS", "write_parquet"]
 
-SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "frames_uploaded",
-                   "label_gpu_s", "train_gpu_s", "jobs"]
+SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "reaction_s",
+                   "frames_uploaded", "label_gpu_s", "train_gpu_s", "jobs"]
 
 
 class ResultSink:
@@ -55,14 +55,15 @@ class ResultSink:
         if not self.out_dir:
             return
         self._frames = [self.frames()]
-        _write_parquet(self._frames[0], os.path.join(self.out_dir, "frames.parquet"))
-        _write_parquet(self.jobs(), os.path.join(self.out_dir, "jobs.parquet"))
+        write_parquet(self._frames[0], os.path.join(self.out_dir, "frames.parquet"))
+        write_parquet(self.jobs(), os.path.join(self.out_dir, "jobs.parquet"))
 
     def summary(self, strategies: list[str]) -> pd.DataFrame:
         return summarize(self.frames(), self.jobs(), strategies, self.uploads, self.label_gpu_s)
 
 
-def _write_parquet(df: pd.DataFrame, path: str) -> None:
+def write_parquet(df: pd.DataFrame, path: str) -> None:
+    """Write ``df`` to ``path`` atomically (a crash leaves the old file whole)."""
     tmp = f"{path}.tmp"
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
@@ -82,6 +83,7 @@ def summarize(frames: pd.DataFrame, jobs: pd.DataFrame, strategies: list[str],
             "accuracy": float(known.correct.mean()) if len(known) else float("nan"),
             "drift_accuracy": float(drift.correct.mean()) if len(drift) else float("nan"),
             "update_delay_s": float(delay),
+            "reaction_s": reaction_time(f, j),
             "frames_uploaded": int(uploads.get(s, 0)),
             "label_gpu_s": float(round(label_gpu_s.get(s, 0.0), 6)),
             "train_gpu_s": float(round(j.gpu_s.sum(), 6)) if len(j) else 0.0,
@@ -90,15 +92,37 @@ def summarize(frames: pd.DataFrame, jobs: pd.DataFrame, strategies: list[str],
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+def reaction_time(frames: pd.DataFrame, jobs: pd.DataFrame) -> float:
+    """Mean stream seconds from a camera's drift onset (its condition leaving
+    the initial one) to the camera's first new model after it; the stream's end
+    stands in where none came. NaN for a strategy that never updates."""
+    if jobs.empty:
+        return float("nan")
+    end = float(frames.t.max())
+    waits = []
+    for cam, f in frames.groupby("camera"):
+        drifted = f.sort_values("t")
+        flags = drifted.drifted.to_numpy()
+        onsets = drifted.t.to_numpy()[flags & ~np.r_[False, flags[:-1]]]
+        deployed = np.sort(jobs.deployed[jobs.camera == cam].to_numpy())
+        for t in onsets:
+            later = deployed[deployed > t]
+            waits.append((later[0] if len(later) else end) - t)
+    return float(np.mean(waits)) if waits else float("nan")
+
+
 def format_table(summary: pd.DataFrame) -> str:
     """The summary as a readable fixed-width table (accuracies in %)."""
-    lines = [f"{'strategy':<10} {'acc %':>7} {'drift acc %':>11} {'delay s':>8} "
+    lines = [f"{'strategy':<12} {'acc %':>7} {'drift acc %':>11} {'delay s':>8} {'react s':>8} "
              f"{'uploaded':>9} {'label GPU-s':>11} {'train GPU-s':>11} {'jobs':>5}"]
+
+    def opt(x: float, scale: float = 1.0) -> str:
+        return "-" if np.isnan(x) else f"{scale * x:.1f}"
+
     for r in summary.itertuples():
-        delay = "-" if np.isnan(r.update_delay_s) else f"{r.update_delay_s:.1f}"
-        drift = "-" if np.isnan(r.drift_accuracy) else f"{100 * r.drift_accuracy:.1f}"
-        lines.append(f"{r.strategy:<10} {100 * r.accuracy:>7.1f} {drift:>11} {delay:>8} "
-                     f"{r.frames_uploaded:>9d} {r.label_gpu_s:>11.1f} {r.train_gpu_s:>11.1f} {r.jobs:>5d}")
+        lines.append(f"{r.strategy:<12} {100 * r.accuracy:>7.1f} {opt(r.drift_accuracy, 100):>11} "
+                     f"{opt(r.update_delay_s):>8} {opt(r.reaction_s):>8} {r.frames_uploaded:>9d} "
+                     f"{r.label_gpu_s:>11.1f} {r.train_gpu_s:>11.1f} {r.jobs:>5d}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import SimConfig
+from .drift import DriftDetector
 from .filters import Candidates, class_mix, mix_shift
 from .models import build_student, clone, count_params, predict
 from .scheduling import Job, Request, SampleStore, share_gpu
@@ -84,6 +85,9 @@ class JobInputs:
     spec: TrainSpec
     update_fraction: float = 1.0
 
+    def run(self, device: torch.device | str = "cpu") -> tuple[dict, FitResult]:
+        return run_job(self, device)
+
 
 @dataclass
 class Deployment:
@@ -112,14 +116,17 @@ def run_job(inputs: JobInputs, device: torch.device | str = "cpu") -> tuple[dict
 class Camera:
     """An edge camera: plays its stream, infers every frame with its current
     student, buffers frames for the filter, and swaps in new weights at the
-    exact stream time they arrive."""
+    exact stream time they arrive. With a drift ``detector`` (the change-point
+    trigger) it uploads only when the detector asks for it."""
 
     def __init__(self, index: int, source: FrameSource, student: nn.Module, num_classes: int,
-                 batch_size: int = 256):
+                 batch_size: int = 256, detector: DriftDetector | None = None):
         self.index, self.source, self.model = index, source, student
         self.num_classes, self.batch_size = num_classes, batch_size
+        self.detector = detector
         self.version = 0
         self.last_update = 0.0
+        self.last_upload = 0.0
         self.pending: list[tuple[float, int, dict]] = []   # (time, version, state)
         self.position = 0                                    # next frame index
         self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -150,6 +157,8 @@ class Camera:
             versions[i:j] = self.version
             i = j
         self._buf.append((batch.images, batch.times, preds, confs))
+        if self.detector is not None:
+            self.detector.observe(batch.times, batch.images, confs, until)
         return FrameLog(self.index, batch.times, batch.labels, preds, confs, versions,
                         self.source.drifted(batch.times))
 
@@ -162,7 +171,14 @@ class Camera:
     def upload(self, strategy: Strategy, now: float, label: Callable[[np.ndarray], np.ndarray],
                ) -> Upload | None:
         """The strategy's filter picks frames buffered since the last upload,
-        within its budget; ``label`` (the teacher) labels them."""
+        within its budget; ``label`` (the teacher) labels them. Under the
+        change-point trigger, nothing unless the detector asks for an upload
+        (the buffer then keeps only the last period's frames)."""
+        if self.detector is not None and not self.detector.wants_upload(
+                now, self.last_upload, strategy.period()):
+            self._buf = [b for b in self._buf if len(b[1]) and b[1][-1] >= now - strategy.period()]
+            return None
+        self.last_upload = now
         images, cands = self._take_candidates()
         if len(cands) == 0:
             return None
@@ -313,8 +329,11 @@ class Fleet:
 
 
 def uploads_at(strategy: Strategy, cfg: SimConfig, k: int) -> bool:
-    """Whether cameras upload (and request retraining) after tick ``k``."""
-    return strategy.adapts and (k + 1) % max(1, int(round(strategy.period() / cfg.tick))) == 0
+    """Whether cameras upload (and request retraining) after tick ``k``; under
+    the change-point trigger, every tick asks each camera's detector."""
+    if not strategy.adapts:
+        return False
+    return strategy.changepoint or (k + 1) % max(1, int(round(strategy.period() / cfg.tick))) == 0
 
 
 def num_ticks(cfg: SimConfig, sources: list[FrameSource]) -> tuple[int, float]:
@@ -330,7 +349,8 @@ class Simulation:
     def __init__(self, cfg: SimConfig, name: str, fleet: Fleet):
         self.cfg, self.fleet = cfg, fleet
         self.strategy = build_strategy(name, cfg)
-        self.cameras = [Camera(i, src, clone(s), cfg.world.num_classes)
+        self.cameras = [Camera(i, src, clone(s), cfg.world.num_classes,
+                               detector=self.strategy.drift_detector())
                         for i, (src, s) in enumerate(zip(fleet.sources, fleet.students))]
         self.server = Server(cfg, fleet.students, fleet.device)
 

@@ -4,6 +4,11 @@ All strategies get the same bandwidth budget (``upload_fraction`` of frames), th
 same teacher and the same server GPUs; they differ only in which frames they
 upload, which jobs they run, in what order, and for how long. Add one with
 ``@register_strategy("name")`` on a :class:`Strategy` subclass.
+
+Any adapting strategy also runs with the change-point trigger as
+``<name>+cp`` (seed 3's detector, :mod:`driftlab.platform.drift`): its cameras
+upload and ask for retraining when their feature stream shows a change point,
+and every period for a while after it, instead of every period.
 """
 from __future__ import annotations
 
@@ -13,13 +18,16 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .config import SimConfig
+from .drift import DriftDetector
 from .filters import Candidates, edgesync_filter, uniform_filter
 from .scheduling import Job, Request
 from .training import TrainSpec
 
-__all__ = ["Strategy", "STRATEGIES", "register_strategy", "build_strategy", "Profiler"]
+__all__ = ["Strategy", "STRATEGIES", "register_strategy", "build_strategy", "check_strategy",
+           "Profiler", "CHANGEPOINT_SUFFIX"]
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
+CHANGEPOINT_SUFFIX = "+cp"
 
 
 def register_strategy(name: str) -> Callable[[type["Strategy"]], type["Strategy"]]:
@@ -31,10 +39,25 @@ def register_strategy(name: str) -> Callable[[type["Strategy"]], type["Strategy"
     return wrap
 
 
+def check_strategy(name: str) -> tuple[type["Strategy"], bool]:
+    """The strategy class ``name`` names and whether it has the change-point
+    trigger; a clear ``ValueError`` for a name that is neither."""
+    base = name.removesuffix(CHANGEPOINT_SUFFIX)
+    if base not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from: {', '.join(STRATEGIES)} "
+                         f"(add {CHANGEPOINT_SUFFIX} to one for the change-point trigger)")
+    triggered = base != name
+    if triggered and not STRATEGIES[base].adapts:
+        raise ValueError(f"strategy {name!r}: {base} never retrains, so it has nothing to trigger")
+    return STRATEGIES[base], triggered
+
+
 def build_strategy(name: str, cfg: SimConfig) -> "Strategy":
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose from: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](cfg)
+    cls, triggered = check_strategy(name)
+    strategy = cls(cfg)
+    if triggered:
+        strategy.name, strategy.changepoint = name, True
+    return strategy
 
 
 class Profiler(Protocol):
@@ -54,6 +77,7 @@ class Strategy:
 
     name = "base"
     adapts = True
+    changepoint = False  # the change-point trigger (``<name>+cp``)
 
     def __init__(self, cfg: SimConfig):
         self.cfg = cfg
@@ -62,6 +86,10 @@ class Strategy:
     def period(self) -> float:
         """Seconds between a camera's uploads (and retraining requests)."""
         return self.cfg.window
+
+    def drift_detector(self) -> DriftDetector | None:
+        """A camera's detector under the change-point trigger, else ``None``."""
+        return DriftDetector(self.cfg.changepoint) if self.changepoint else None
 
     def budget(self, camera: int, num_frames: int) -> int:
         return int(round(self.cfg.upload_fraction * num_frames))

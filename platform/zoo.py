@@ -57,6 +57,12 @@ def _key(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def cache_path(kind: str, *recipe) -> str:
+    """The cache file of a model of ``kind`` trained from ``recipe`` (any
+    JSON-able or printable parts: configs, sizes, seeds)."""
+    return os.path.join(cache_dir(), f"{kind}-{_key(*recipe)}.pt")
+
+
 def train_teacher(world: WorldConfig, recipe: TeacherRecipe, device="cpu", log=print) -> nn.Module:
     """Train a teacher on every named condition of the world."""
     data = render_condition_set(world, list(CONDITIONS), recipe.per_condition, TEACHER_SEED,
@@ -86,7 +92,7 @@ def teacher_checkpoint(world: WorldConfig, arch: str = "resnet18", checkpoint: s
     if checkpoint is not None:
         return checkpoint
     recipe = TeacherRecipe(arch=arch)
-    path = os.path.join(cache_dir(), f"teacher-{arch}-{_key(asdict(world), asdict(recipe), CONDITIONS)}.pt")
+    path = cache_path(f"teacher-{arch}", asdict(world), asdict(recipe), CONDITIONS)
     if not os.path.exists(path):
         _save(train_teacher(world, recipe, device, log), path)
         log(f"cached teacher at {path}")
@@ -130,7 +136,7 @@ def initial_student(source: FrameSource, arch: str, num_classes: int, past_frame
     from .models import predict
 
     model = build_student(arch, num_classes, seed=0)
-    path = os.path.join(cache_dir(), f"student-{arch}-{_key(key, past_frames, epochs, num_classes, CONDITIONS)}.pt")
+    path = cache_path(f"student-{arch}", key, past_frames, epochs, num_classes, CONDITIONS)
     if os.path.exists(path):
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.to(device).eval()

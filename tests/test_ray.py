@@ -3,6 +3,7 @@
 One Ray instance for the module; the Serve HTTP proxy on a free port.
 """
 import json
+import math
 import socket
 import urllib.error
 import urllib.request
@@ -17,6 +18,8 @@ from ray import serve
 
 from driftlab.actors.runner import NAMESPACE, RayOptions, ResourceError, plan_resources, run_on_ray
 from driftlab.actors.trainer import TrainPool
+from driftlab.platform.distill import (ClipConfig, DistillConfig, DistillJob, make_clips,
+                                       teacher_targets, train_teacher)
 from driftlab.deployments.teacher import ROUTE, TeacherOptions, deploy_teacher, teacher_app
 from driftlab.platform.models import build_student, build_teacher, predict
 from driftlab.platform.runner import run_inline
@@ -131,7 +134,7 @@ def test_bad_teacher_checkpoint_fails_at_deploy(tmp_path):
         teacher_app(TeacherOptions(str(wrong)))
 
 
-def test_train_pool_retries_a_failing_job_then_reports_it(local_ray):
+def test_train_pool_runs_retraining_and_distillation_and_reports_a_failing_job(local_ray):
     data = render_condition_set(SMALL_WORLD, ["day"], 8, seed=2)
     student = build_student("mobilenet_v3_small", SMALL_WORLD.num_classes)
     state = {k: v.clone() for k, v in student.state_dict().items()}
@@ -139,11 +142,17 @@ def test_train_pool_retries_a_failing_job_then_reports_it(local_ray):
                      data.labels, None, TrainSpec(epochs=1))
     bad = JobInputs("mobilenet_v3_small", SMALL_WORLD.num_classes, {"nonsense": torch.zeros(1)},
                     data.images, data.labels, None, TrainSpec(epochs=1))
+    # A generative distillation of an action student, as the priority manager would send it.
+    clips = make_clips(ClipConfig(), 14, seed=4)
+    teacher, teacher_cvae = train_teacher(clips, 7, DistillConfig(epochs=1, batch_size=7),
+                                          log=lambda *_: None)
+    distill = DistillJob("genkd", clips, 7, DistillConfig(epochs=2, batch_size=7),
+                         teacher_targets(teacher, clips.videos), teacher_cvae.state_dict())
     pool = TrainPool(num_workers=1, cpus_per_worker=0.5)
     try:
         client = pool.client()
         messages = []
-        out = client.run([good, bad, good], log=messages.append)
+        out = client.run([good, bad, good, distill], log=messages.append)
     finally:
         pool.close()
     assert out[1] is None and len(client.failures) == 1
@@ -153,6 +162,11 @@ def test_train_pool_retries_a_failing_job_then_reports_it(local_ray):
     assert any(not torch.equal(new_state[k], state[k]) for k in state)
     # Same inputs, same weights, whichever process ran them.
     assert all(torch.equal(out[0][0][k], out[2][0][k]) for k in state)
+    distilled, result = out[3]
+    inline, _ = distill.run()
+    assert len(result.losses) == 2 and all(math.isfinite(x) for x in result.losses)
+    assert distilled.keys() == inline.keys()
+    assert all(torch.equal(distilled[k], inline[k]) for k in inline)
 
 
 def test_impossible_resource_requests_are_one_clear_error(tiny_cfg):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChangePointDetector", "change_rate", "local_peaks"]
+__all__ = ["ChangePointDetector", "box_smooth", "change_rate", "local_peaks"]
 
 
 @dataclass
@@ -43,7 +43,7 @@ class _PCA:
         return (x - self.mean) @ self.components.T
 
 
-def _box(z: np.ndarray, width: int) -> np.ndarray:
+def box_smooth(z: np.ndarray, width: int) -> np.ndarray:
     """Centred moving average along time, edges reflected."""
     if width <= 1:
         return z
@@ -101,7 +101,7 @@ class ChangePointDetector:
         self._pcas = []
         for level in range(self.levels + 1):
             if level > 0:
-                zs = [_box(z, 2 ** level) for z in zs]
+                zs = [box_smooth(z, 2 ** level) for z in zs]
             pca = _PCA.fit(np.concatenate(zs), self.latent_dim)
             self._pcas.append(pca)
             zs = [pca(z) for z in zs]
@@ -114,7 +114,7 @@ class ChangePointDetector:
         z = self._pcas[0](np.asarray(x, np.float64))
         out = []
         for level in range(1, self.levels + 1):
-            z = self._pcas[level](_box(z, 2 ** level))
+            z = self._pcas[level](box_smooth(z, 2 ** level))
             out.append(z)
         return out
 
