@@ -19,7 +19,6 @@ import sys
 import time
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -27,6 +26,7 @@ from driftlab.platform.distill import (METHODS, ClipConfig, DistillConfig, Disti
                                        action_student, cached_teacher, count_macs, count_params,
                                        make_clips, teacher_targets)
 from driftlab.platform.metrics import write_parquet
+from driftlab.platform.models import default_device
 from driftlab.platform.runner import set_determinism
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 1, 2, 3
@@ -60,13 +60,13 @@ def parse_args(argv=None):
 
 
 def run_jobs(jobs: list[DistillJob], args, done: Callable[[DistillJob, tuple | None], None],
-             log=print) -> None:
-    """Run the students inline (``done`` after each) or as Ray Train jobs (one
-    fit() for all, ``done`` as they come back)."""
+             device: torch.device | str = "cpu", log=print) -> None:
+    """Run the students inline on ``device`` (``done`` after each) or as Ray
+    Train jobs (one fit() for all, ``done`` for each once the batch is back)."""
     if not args.ray:
         for i, job in enumerate(jobs):
             t0 = time.time()
-            done(job, job.run())
+            done(job, job.run(device))
             log(f"[{i + 1}/{len(jobs)}] {job.method} seed {job.cfg.seed}: {time.time() - t0:.0f} s")
         return
     import ray
@@ -132,14 +132,15 @@ def main(argv=None) -> int:
     print(f"clips: {len(train)} train / {len(val)} val / {len(test)} test, "
           f"{clip_cfg.frames} frames of {clip_cfg.size} px, {clip_cfg.num_classes} motions", flush=True)
     teacher_cfg = DistillConfig(epochs=args.teacher_epochs, lr=5e-4)
-    teacher, teacher_cvae = cached_teacher(train, clip_cfg.num_classes, teacher_cfg)
+    device = default_device()
+    teacher, teacher_cvae = cached_teacher(train, clip_cfg.num_classes, teacher_cfg, device)
     cost = {"teacher": (count_params(teacher), count_macs(teacher, clip_cfg.frames, clip_cfg.size)),
             "student": (count_params(action_student(clip_cfg.num_classes)),
                         count_macs(action_student(clip_cfg.num_classes), clip_cfg.frames, clip_cfg.size)),
-            "teacher_top1": accuracy(teacher, test), "teacher_val": accuracy(teacher, val)}
+            "teacher_top1": accuracy(teacher, test, device), "teacher_val": accuracy(teacher, val, device)}
     print(f"teacher: test top-1 {100 * cost['teacher_top1']:.1f} %  ({time.time() - t0:.0f} s)", flush=True)
-    targets = teacher_targets(teacher, train.videos)
-    cvae_state = {k: v.clone() for k, v in teacher_cvae.state_dict().items()}
+    targets = teacher_targets(teacher, train.videos, device)
+    cvae_state = {k: v.detach().cpu().clone() for k, v in teacher_cvae.state_dict().items()}
     jobs = [DistillJob(m, train, clip_cfg.num_classes,
                        DistillConfig(epochs=args.epochs, lr=1e-3, seed=seed),
                        None if m == "none" else targets, cvae_state if m == "genkd" else None)
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
                      **{f"cfg_{k}": v for k, v in dataclasses.asdict(job.cfg).items()}})
         write_parquet(pd.DataFrame(rows), os.path.join(args.out, "results.parquet"))
 
-    run_jobs(jobs, args, done)
+    run_jobs(jobs, args, done, device)
     df = pd.DataFrame(rows)
     if df.empty:
         print("error: every student failed", file=sys.stderr)

@@ -51,8 +51,10 @@ def local_ray():
 def test_ray_run_equals_inline_and_survives_crashes(local_ray, tiny_cfg, tmp_path):
     from ray.util.state import list_actors
 
-    cfg = tiny_cfg(strategies=["ams", "edgesync"])
+    # edgesync with the change-point trigger: the detector's state must survive the crash too.
+    cfg = tiny_cfg(strategies=["ams", "edgesync+cp"], changepoint={"min_snippets": 10, "hold": 40.0})
     inline = run_inline(cfg, progress=False, log=lambda *_: None)
+    assert inline.set_index("strategy").loc["edgesync+cp", "jobs"] > 0  # the trigger fired
     seen: dict[str, set] = {}
 
     def after_tick(strategy, k):
@@ -61,7 +63,7 @@ def test_ray_run_equals_inline_and_survives_crashes(local_ray, tiny_cfg, tmp_pat
                            if a.class_name.startswith("ServeReplica:teacher:Teacher"))
             ray.kill(ray.get_actor(replica.name, namespace="serve"), no_restart=True)
             seen["killed_replica"] = replica.actor_id
-        if strategy == "edgesync" and k == 3:
+        if strategy == "edgesync+cp" and k == 3:
             alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
             seen["names"] = {a.name for a in alive}
             seen["classes"] = {a.class_name for a in alive}

@@ -201,7 +201,7 @@ def count_macs(model: ActionNet, frames: int, size: int) -> int:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(1, 3, frames, size, size))
+        model(torch.zeros(1, 3, frames, size, size, device=next(model.parameters()).device))
     model.train(was_training)
     for h in handles:
         h.remove()

@@ -194,7 +194,7 @@ _TEACHER_FIELDS = ("epochs", "batch_size", "lr", "cvae_lr", "kl_weight", "recon_
 
 
 def cached_teacher(clips: Clips, num_classes: int, cfg: DistillConfig,
-                   log=print) -> tuple[ActionNet, FeatureCVAE]:
+                   device: torch.device | str = "cpu", log=print) -> tuple[ActionNet, FeatureCVAE]:
     """:func:`train_teacher`, run once per recipe and cached on disk (the
     cache key covers the clips' shape, count and labels and the fields of
     ``cfg`` the teacher's training reads)."""
@@ -202,7 +202,7 @@ def cached_teacher(clips: Clips, num_classes: int, cfg: DistillConfig,
     path = cache_path("action-teacher", num_classes, clips.videos.shape, clips.labels.tolist(), recipe,
                       int(clips.videos[:, :, ::4, ::4].sum()))
     if os.path.exists(path):
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         teacher = action_teacher(num_classes)
         teacher.load_state_dict(saved["teacher"])
         c, h, w = saved["feature_shape"]
@@ -210,9 +210,9 @@ def cached_teacher(clips: Clips, num_classes: int, cfg: DistillConfig,
         cvae.load_state_dict(saved["cvae"])
         set_frozen(teacher, True)
         set_frozen(cvae, True)
-        return teacher, cvae
+        return teacher.to(device), cvae.to(device)
     log(f"training the action teacher on {len(clips)} clips (cached in {path})")
-    teacher, cvae = train_teacher(clips, num_classes, cfg, log=log)
+    teacher, cvae = train_teacher(clips, num_classes, cfg, device, log=log)
     tmp = path + ".tmp"
     torch.save({"teacher": teacher.state_dict(), "cvae": cvae.state_dict(),
                 "feature_shape": (cvae.channels, *cvae.spatial)}, tmp)
