@@ -101,9 +101,9 @@ def reaction_time(frames: pd.DataFrame, jobs: pd.DataFrame) -> float:
     end = float(frames.t.max())
     waits = []
     for cam, f in frames.groupby("camera"):
-        drifted = f.sort_values("t")
-        flags = drifted.drifted.to_numpy()
-        onsets = drifted.t.to_numpy()[flags & ~np.r_[False, flags[:-1]]]
+        f = f.sort_values("t")
+        flags = f.drifted.to_numpy()
+        onsets = f.t.to_numpy()[flags & ~np.r_[False, flags[:-1]]]
         deployed = np.sort(jobs.deployed[jobs.camera == cam].to_numpy())
         for t in onsets:
             later = deployed[deployed > t]

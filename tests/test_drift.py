@@ -1,9 +1,11 @@
 """Seed 3's change points as a camera's drift trigger (``<strategy>+cp``)."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from driftlab.platform.config import ConfigError, SimConfig
 from driftlab.platform.drift import ChangePointParams, DriftDetector
+from driftlab.platform.metrics import reaction_time
 from driftlab.platform.runner import build_fleet
 from driftlab.platform.sim import Simulation
 from driftlab.platform.strategies import build_strategy
@@ -77,3 +79,14 @@ def test_cameras_retrain_only_around_their_change_points(tiny_cfg):
         assert any(0 <= j.submitted - at and j.submitted - c <= hold + cfg.tick
                    for c, at in zip(found.changes, found.detected_at)), j
     assert 0 < len(jobs["periodic+cp"]) < len(jobs["periodic"])
+
+
+def test_reaction_time_counts_from_each_onset_to_the_next_model():
+    t = np.arange(60.0)
+    frames = pd.DataFrame({
+        "camera": np.repeat([0, 1], 60), "t": np.r_[t, t],
+        "drifted": np.r_[(t >= 10) & (t < 20) | (t >= 40) & (t < 50), t >= 5]})
+    jobs = pd.DataFrame({"camera": [0, 0], "deployed": [15.0, 60.0]})
+    # Camera 0: onsets 10 and 40 wait 5 and 20 s; camera 1 never gets a model: 59 - 5.
+    assert reaction_time(frames, jobs) == pytest.approx((5 + 20 + 54) / 3)
+    assert np.isnan(reaction_time(frames, jobs.iloc[:0]))
