@@ -134,9 +134,9 @@ def main(argv=None) -> int:
     teacher_cfg = DistillConfig(epochs=args.teacher_epochs, lr=5e-4)
     device = default_device()
     teacher, teacher_cvae = cached_teacher(train, clip_cfg.num_classes, teacher_cfg, device)
+    student = action_student(clip_cfg.num_classes)
     cost = {"teacher": (count_params(teacher), count_macs(teacher, clip_cfg.frames, clip_cfg.size)),
-            "student": (count_params(action_student(clip_cfg.num_classes)),
-                        count_macs(action_student(clip_cfg.num_classes), clip_cfg.frames, clip_cfg.size)),
+            "student": (count_params(student), count_macs(student, clip_cfg.frames, clip_cfg.size)),
             "teacher_top1": accuracy(teacher, test, device), "teacher_val": accuracy(teacher, val, device)}
     print(f"teacher: test top-1 {100 * cost['teacher_top1']:.1f} %  ({time.time() - t0:.0f} s)", flush=True)
     targets = teacher_targets(teacher, train.videos, device)

@@ -30,7 +30,7 @@ import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 
 from driftlab.platform.config import ConfigError, SimConfig, config_from_dict, load_config  # noqa: E402
-from driftlab.platform.strategies import STRATEGIES, check_strategy  # noqa: E402
+from driftlab.platform.strategies import STRATEGIES  # noqa: E402
 from driftlab.platform.tuning import SEARCH_SPACE, accuracy_by_window, with_params  # noqa: E402
 from driftlab.platform.world import SCENARIOS  # noqa: E402
 
@@ -248,11 +248,7 @@ def _sweep_trial(config: dict, base: SimConfig) -> None:
 def sweep(args, base: SimConfig) -> int:
     """Every strategy over fleet sizes (budget fixed) and over upload budgets."""
     strategies = _split(args.strategies)
-    for s in strategies:
-        try:
-            check_strategy(s)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    config_from_dict({"strategies": strategies}, base)  # unknown names: one ConfigError
     cams, fracs = _split(args.sweep_cameras, int), _split(args.sweep_fractions, float)
     points = ([{"axis": "cameras", "cameras": n, "upload_fraction": base.upload_fraction}
                for n in cams]

@@ -112,7 +112,8 @@ def rate_hierarchy(x: np.ndarray, levels: int) -> dict[int, np.ndarray]:
     snippet-to-snippet differences (a rare step hardly moves it), and the rate
     at scale ``w`` is scaled by ``sqrt(w / 2)``, so pure noise gives rates near
     1 at every scale. Level ``l`` smooths level ``l-1`` by a box of ``2**l``
-    snippets, the hierarchy of :class:`ChangePointDetector` without its learned
+    snippets, the hierarchy of
+    :class:`~driftlab.platform.wtal.changepoints.ChangePointDetector` without its learned
     projection: whitening over a history that holds the drift would shrink
     exactly the direction the drift moves along."""
     d = np.diff(x, axis=0)
