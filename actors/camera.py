@@ -83,16 +83,16 @@ class CameraActor:
         return log
 
     def _upload(self, now: float):
-        up = self.camera.upload(self.strategy, now, self._label)
+        up = self.camera.upload(self.strategy, now, self._teach)
         if up is not None:
             self._uploaded.inc(len(up.images), self._tags())
         return up
 
-    def _label(self, images: np.ndarray) -> np.ndarray:
-        """Teacher labels over Serve; a replica restart is waited out."""
+    def _teach(self, images: np.ndarray) -> np.ndarray:
+        """Teacher logits over Serve; a replica restart is waited out."""
         for attempt in range(_LABEL_TRIES):
             try:
-                return self.teacher.label.remote(images).result()["labels"]
+                return self.teacher.label.remote(images).result()["logits"]
             except (RayActorError, RayTaskError, RuntimeError):
                 if attempt == _LABEL_TRIES - 1:
                     raise

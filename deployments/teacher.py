@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from driftlab.platform.models import build_teacher, default_device, embed, predict
+from driftlab.platform.models import build_teacher, default_device, embed, from_logits, logits, predict
 from driftlab.platform.zoo import load_checkpoint
 
 __all__ = ["TeacherOptions", "Teacher", "teacher_app", "deploy_teacher", "ROUTE", "APP_NAME"]
@@ -81,16 +81,18 @@ class Teacher:
         self._label_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
 
     async def label(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Labels and confidences of ``images`` (N, H, W, 3) uint8."""
+        """Labels, confidences and logits of ``images`` (N, H, W, 3) uint8 (the
+        logits let retraining jobs distil from the teacher's full output)."""
         return await self._label_batch(np.asarray(images, np.uint8))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _label_batch(self, requests: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         sizes = [len(r) for r in requests]
-        labels, confs = predict(self.model, np.concatenate(requests), device=self.device)
+        z = logits(self.model, np.concatenate(requests), device=self.device)
+        labels, confs = from_logits(z)
         out, i = [], 0
         for n in sizes:
-            out.append({"labels": labels[i:i + n], "confidences": confs[i:i + n]})
+            out.append({"labels": labels[i:i + n], "confidences": confs[i:i + n], "logits": z[i:i + n]})
             i += n
         return out
 

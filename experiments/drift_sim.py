@@ -21,7 +21,7 @@ import argparse
 import sys
 import time
 
-from driftlab.platform.config import ConfigError, SimConfig, config_from_dict, load_config
+from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig, config_from_dict, load_config
 from driftlab.platform.metrics import format_table
 from driftlab.platform.strategies import STRATEGIES
 from driftlab.platform.world import SCENARIOS, VideoError
@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                         "add +cp to an adapting one (e.g. periodic+cp) to retrain "
                                         "on change points of the camera's feature stream")
     p.add_argument("--seed", type=int, help="seed of streams, models and jobs")
+    p.add_argument("--distill", help=f"what retraining learns from the teacher: "
+                                     f"{' or '.join(DISTILL_WEIGHTS)} (default hinton: its logits and labels)")
     p.add_argument("--source", help="a video file every camera reads instead of the synthetic world")
     p.add_argument("--labels", help="CSV (frame,label) of ground truth for --source")
     p.add_argument("--out", help="directory for Parquet results, plot and config")
@@ -60,7 +62,7 @@ def resolve_config(args: argparse.Namespace) -> SimConfig:
     cfg = load_config(args.config) if args.config else SimConfig()
     overrides = {k: v for k, v in {
         "scenario": args.scenario, "cameras": args.cameras, "duration": args.duration,
-        "seed": args.seed, "source": args.source, "source_labels": args.labels,
+        "seed": args.seed, "distill": args.distill, "source": args.source, "source_labels": args.labels,
         "strategies": args.strategies.split(",") if args.strategies else None,
     }.items() if v is not None}
     return config_from_dict(overrides, cfg)

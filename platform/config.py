@@ -12,10 +12,15 @@ from typing import Any
 import yaml
 
 from .drift import ChangePointParams
+from .training import TrainSpec
 from .world import SCENARIOS, WorldConfig
 
-__all__ = ["CostModel", "EdgeSyncParams", "SimConfig", "ConfigError", "load_config",
+__all__ = ["DISTILL_WEIGHTS", "CostModel", "EdgeSyncParams", "SimConfig", "ConfigError", "load_config",
            "config_to_dict", "config_from_dict"]
+
+
+DISTILL_WEIGHTS = {"hinton": 0.9, "none": 0.0}
+"""``SimConfig.distill`` choices: the share of a job's loss that is distillation."""
 
 
 class ConfigError(ValueError):
@@ -96,6 +101,10 @@ class SimConfig:
         upload_fraction: bandwidth budget, the share of frames a camera may upload.
         server_gpus: training GPUs on the server shared by the whole fleet.
         fixed_epochs: epochs of the ``periodic`` strategy's jobs.
+        distill: what every strategy's retraining learns from the teacher:
+            ``hinton`` its logits (Hinton distillation, weight 0.9 at T=4) as
+            well as its labels, ``none`` its labels only. The logits cost no
+            extra bandwidth (the server holds them) and say more per sample.
         student: student architecture.
         teacher: teacher architecture.
         teacher_checkpoint: a checkpoint to use instead of the cached teacher.
@@ -118,6 +127,7 @@ class SimConfig:
     upload_fraction: float = 0.2
     server_gpus: float = 1.0
     fixed_epochs: int = 10
+    distill: str = "hinton"
     student: str = "mobilenet_v3_small"
     teacher: str = "resnet18"
     teacher_checkpoint: str | None = None
@@ -141,6 +151,8 @@ class SimConfig:
             raise ConfigError(f"window ({self.window}) must be a multiple of tick ({self.tick})")
         if self.duration < self.window:
             raise ConfigError(f"duration ({self.duration}) must be at least one window ({self.window})")
+        if self.distill not in DISTILL_WEIGHTS:
+            raise ConfigError(f"unknown distill {self.distill!r}; choose one of: {', '.join(DISTILL_WEIGHTS)}")
         if not self.strategies:
             raise ConfigError("no strategy to run")
         from .strategies import check_strategy  # late: strategies import this module
@@ -154,6 +166,11 @@ class SimConfig:
     @property
     def num_ticks(self) -> int:
         return int(round(self.duration / self.tick))
+
+    def train_spec(self, **kwargs: Any) -> TrainSpec:
+        """A retraining (or profiling) job's :class:`TrainSpec` with the fleet's
+        distillation setting; every strategy's jobs are made here."""
+        return TrainSpec(kd_weight=DISTILL_WEIGHTS[self.distill], **kwargs)
 
 
 def _validate_positive(cfg: Any, *names: str) -> None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-__all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "predict", "embed",
+__all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "logits", "predict", "from_logits", "embed",
            "default_device", "state_to_numpy", "numpy_to_state", "count_params", "clone"]
 
 STUDENTS: dict[str, Callable[[int], nn.Module]] = {
@@ -72,20 +72,36 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
 
 
 @torch.no_grad()
+def logits(model: nn.Module, images: np.ndarray, batch_size: int = 256,
+           device: torch.device | str | None = None) -> np.ndarray:
+    """Raw class scores (N, K) for uint8 frames."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = [model(to_tensor(images[i:i + batch_size], device)).float().cpu().numpy()
+           for i in range(0, len(images), batch_size)]
+    if not out:
+        return np.empty((0, _num_outputs(model)), np.float32)
+    return np.concatenate(out)
+
+
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
             device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class predictions and their softmax confidence for uint8 frames."""
-    device = device or next(model.parameters()).device
-    model.eval()
-    preds, confs = [], []
-    for i in range(0, len(images), batch_size):
-        probs = model(to_tensor(images[i:i + batch_size], device)).softmax(dim=1)
-        conf, pred = probs.max(dim=1)
-        preds.append(pred.cpu().numpy())
-        confs.append(conf.cpu().numpy())
-    if not preds:
+    return from_logits(logits(model, images, batch_size, device))
+
+
+def from_logits(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class, softmax confidence) of each row of logits."""
+    z = np.asarray(z, np.float32)
+    if len(z) == 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
-    return np.concatenate(preds), np.concatenate(confs)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return z.argmax(axis=1).astype(np.int64), (e.max(axis=1) / e.sum(axis=1)).astype(np.float32)
+
+
+def _num_outputs(model: nn.Module) -> int:
+    head = model.fc if hasattr(model, "fc") else model.classifier[-1]
+    return head.out_features
 
 
 @torch.no_grad()

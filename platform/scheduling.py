@@ -6,12 +6,13 @@ Pure bookkeeping on the virtual clock; the policies that fill these in live in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from .training import TrainSpec
 
-__all__ = ["Request", "Job", "SampleStore", "share_gpu"]
+__all__ = ["Request", "Job", "Samples", "SampleStore", "share_gpu"]
 
 
 @dataclass
@@ -61,26 +62,35 @@ class Job:
     update_fraction: float = 1.0
 
 
+class Samples(NamedTuple):
+    """Teacher-labelled frames: the teacher's ``logits`` (N, K) and their argmax ``labels``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    times: np.ndarray
+    logits: np.ndarray
+
+    def subset(self, keep: np.ndarray) -> "Samples":
+        return Samples(*(a[keep] for a in self))
+
+
 @dataclass
 class SampleStore:
     """Teacher-labelled uploads of one camera, in arrival order."""
 
-    images: list[np.ndarray] = field(default_factory=list)
-    labels: list[np.ndarray] = field(default_factory=list)
-    times: list[np.ndarray] = field(default_factory=list)
+    parts: list[Samples] = field(default_factory=list)
 
-    def add(self, images: np.ndarray, labels: np.ndarray, times: np.ndarray) -> None:
-        self.images.append(images)
-        self.labels.append(labels)
-        self.times.append(times)
+    def add(self, images: np.ndarray, logits: np.ndarray, times: np.ndarray) -> None:
+        logits = np.asarray(logits, np.float32)
+        self.parts.append(Samples(images, logits.argmax(axis=1).astype(np.int64), times, logits))
 
-    def select(self, since: float, until: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Samples with ``since < t <= until``: (images, labels, times)."""
-        if not self.times:
-            return np.empty((0, 1, 1, 3), np.uint8), np.empty(0, np.int64), np.empty(0)
-        t = np.concatenate(self.times)
-        keep = (t > since) & (t <= until)
-        return (np.concatenate(self.images)[keep], np.concatenate(self.labels)[keep], t[keep])
+    def select(self, since: float, until: float) -> Samples:
+        """Samples with ``since < t <= until``."""
+        if not self.parts:
+            return Samples(np.empty((0, 1, 1, 3), np.uint8), np.empty(0, np.int64), np.empty(0),
+                           np.empty((0, 0), np.float32))
+        everything = Samples(*(np.concatenate(column) for column in zip(*self.parts)))
+        return everything.subset((everything.times > since) & (everything.times <= until))
 
 
 def share_gpu(start: float, work: list[float], shares: list[float], gpus: float) -> list[float]:

@@ -21,7 +21,7 @@ from torch import nn
 from .config import SimConfig
 from .drift import DriftDetector
 from .filters import Candidates, class_mix, mix_shift
-from .models import build_student, clone, count_params, predict
+from .models import build_student, clone, count_params, logits, predict
 from .scheduling import Job, Request, SampleStore, share_gpu
 from .strategies import Strategy, build_strategy
 from .training import FitResult, TrainSpec, fit, top_gradient_mask
@@ -60,12 +60,12 @@ class JobRecord:
 
 @dataclass
 class Upload:
-    """Frames a camera's filter picked, with the teacher's labels for them."""
+    """Frames a camera's filter picked, with the teacher's logits for them."""
 
     camera: int
     images: np.ndarray
     times: np.ndarray
-    labels: np.ndarray
+    logits: np.ndarray
     est_accuracy: float
     mix_shift: float
     last_update: float
@@ -84,6 +84,7 @@ class JobInputs:
     weights: np.ndarray | None
     spec: TrainSpec
     update_fraction: float = 1.0
+    teacher_logits: np.ndarray | None = None  # for distillation (``spec.kd_weight``)
 
     def run(self, device: torch.device | str = "cpu") -> tuple[dict, FitResult]:
         return run_job(self, device)
@@ -109,7 +110,7 @@ def run_job(inputs: JobInputs, device: torch.device | str = "cpu") -> tuple[dict
     if inputs.update_fraction < 1.0 and len(labels) >= 2:
         mask = top_gradient_mask(model, images, labels, inputs.update_fraction, device)
     result = fit(model, images, labels, inputs.spec, weights=inputs.weights, grad_mask=mask,
-                 device=device)
+                 teacher_logits=inputs.teacher_logits, device=device)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, result
 
 
@@ -168,10 +169,11 @@ class Camera:
         self.model.eval()
         self.version, self.last_update = version, t
 
-    def upload(self, strategy: Strategy, now: float, label: Callable[[np.ndarray], np.ndarray],
+    def upload(self, strategy: Strategy, now: float, teach: Callable[[np.ndarray], np.ndarray],
                ) -> Upload | None:
         """The strategy's filter picks frames buffered since the last upload,
-        within its budget; ``label`` (the teacher) labels them. Under the
+        within its budget; ``teach`` (the teacher) returns their logits, whose
+        argmax are the labels. Under the
         change-point trigger, nothing unless the detector asks for an upload
         (the buffer then keeps only the last period's frames)."""
         if self.detector is not None and not self.detector.wants_upload(
@@ -188,9 +190,10 @@ class Camera:
         picks = strategy.select(self.index, cands, budget, now, rng)
         if len(picks) == 0:
             return None
-        labels = np.asarray(label(images[picks]), np.int64)
+        logits = np.asarray(teach(images[picks]), np.float32)
+        labels = logits.argmax(axis=1)
         strategy.observe_labels(self.index, labels)
-        return Upload(self.index, images[picks], cands.times[picks], labels,
+        return Upload(self.index, images[picks], cands.times[picks], logits,
                       est_accuracy=float((cands.preds[picks] == labels).mean()),
                       mix_shift=mix_shift(class_mix(cands.preds, self.num_classes), cands.prev_mix),
                       last_update=self.last_update)
@@ -229,43 +232,43 @@ class Server:
         self.label_gpu_s += cost
         self.uploaded += len(up.images)
         self.teacher_free_at = max(self.teacher_free_at, now) + cost
-        self.stores[up.camera].add(up.images, up.labels, up.times)
+        self.stores[up.camera].add(up.images, up.logits, up.times)
         return Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
                        est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
                        last_update=up.last_update)
 
     # --- Profiler protocol (Ekya's micro-profiler) -----------------------------
     def num_samples(self, camera: int, since: float, until: float) -> int:
-        return len(self.stores[camera].select(since, until)[1])
+        return len(self.stores[camera].select(since, until).labels)
 
     def profile(self, camera: int, since: float, until: float, layers: str,
                 epochs: int) -> tuple[list[float], int]:
-        images, labels, _ = self.stores[camera].select(since, until)
-        if len(labels) < 8:
+        s = self.stores[camera].select(since, until)
+        if len(s.labels) < 8:
             return [], 0
-        rng = np.random.default_rng(len(labels) * 7919 + camera)
-        perm = rng.permutation(len(labels))
-        n_val = max(2, len(labels) // 4)
+        rng = np.random.default_rng(len(s.labels) * 7919 + camera)
+        perm = rng.permutation(len(s.labels))
+        n_val = max(2, len(s.labels) // 4)
         val, tr = perm[:n_val], perm[n_val:]
-        result = fit(clone(self.models[camera]), images[tr], labels[tr],
-                     TrainSpec(epochs=epochs, layers=layers, seed=int(rng.integers(2**31))),
-                     val=(images[val], labels[val]), device=self.device)
+        result = fit(clone(self.models[camera]), s.images[tr], s.labels[tr],
+                     self.cfg.train_spec(epochs=epochs, layers=layers, seed=int(rng.integers(2**31))),
+                     val=(s.images[val], s.labels[val]), teacher_logits=s.logits[tr], device=self.device)
         return result.val_accuracy, result.sample_epochs
 
     # --- retraining ----------------------------------------------------------
     def job_inputs(self, job: Job) -> JobInputs:
         """The samples, weights and starting weights of ``job``."""
         r = job.request
-        images, labels, times = self.stores[r.camera].select(job.since, r.cutoff)
-        if job.data_fraction < 1.0 and len(labels):
+        s = self.stores[r.camera].select(job.since, r.cutoff)
+        if job.data_fraction < 1.0 and len(s.labels):
             rng = np.random.default_rng(job.spec.seed)
-            keep = np.sort(rng.choice(len(labels), max(1, int(round(job.data_fraction * len(labels)))),
-                                      replace=False))
-            images, labels, times = images[keep], labels[keep], times[keep]
-        weights = None if job.tau is None else np.exp(-(r.cutoff - times) / job.tau)
+            n = len(s.labels)
+            s = s.subset(np.sort(rng.choice(n, max(1, int(round(job.data_fraction * n))), replace=False)))
+        weights = None if job.tau is None else np.exp(-(r.cutoff - s.times) / job.tau)
         state = {k: v.detach().cpu() for k, v in self.models[r.camera].state_dict().items()}
-        return JobInputs(self.cfg.student, self.cfg.world.num_classes, state, images, labels,
-                         weights, job.spec, job.update_fraction)
+        return JobInputs(self.cfg.student, self.cfg.world.num_classes, state, s.images, s.labels,
+                         weights, job.spec, job.update_fraction,
+                         teacher_logits=s.logits if job.spec.kd_weight > 0 else None)
 
     def downlink_s(self, camera: int, fraction: float) -> float:
         return count_params(self.models[camera]) / 1e6 * fraction * self.cfg.costs.downlink_s_per_mparam
@@ -354,8 +357,8 @@ class Simulation:
                         for i, (src, s) in enumerate(zip(fleet.sources, fleet.students))]
         self.server = Server(cfg, fleet.students, fleet.device)
 
-    def _label(self, images: np.ndarray) -> np.ndarray:
-        return predict(self.fleet.teacher, images, device=self.fleet.device)[0]
+    def _teach(self, images: np.ndarray) -> np.ndarray:
+        return logits(self.fleet.teacher, images, device=self.fleet.device)
 
     def _execute(self, batch: list[JobInputs]) -> list[tuple[dict, FitResult]]:
         return [run_job(inputs, self.fleet.device) for inputs in batch]
@@ -373,7 +376,7 @@ class Simulation:
                 self.fleet.true_labels(log)
             if uploads_at(strategy, cfg, k):
                 for cam in cameras:
-                    up = cam.upload(strategy, t1, self._label)
+                    up = cam.upload(strategy, t1, self._teach)
                     if up is not None:
                         strategy.submit(server.receive(up, t1))
             yield t1, logs, [d.record for d in deployments]

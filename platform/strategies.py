@@ -21,7 +21,6 @@ from .config import SimConfig
 from .drift import DriftDetector
 from .filters import Candidates, edgesync_filter, uniform_filter
 from .scheduling import Job, Request
-from .training import TrainSpec
 
 __all__ = ["Strategy", "STRATEGIES", "register_strategy", "build_strategy", "check_strategy",
            "Profiler", "CHANGEPOINT_SUFFIX"]
@@ -137,7 +136,7 @@ class Periodic(Strategy):
             return []
         first = min(ready, key=lambda r: (r.cutoff, r.camera))
         self._take([first])
-        spec = TrainSpec(epochs=self.cfg.fixed_epochs, seed=_job_seed(self.cfg, first))
+        spec = self.cfg.train_spec(epochs=self.cfg.fixed_epochs, seed=_job_seed(self.cfg, first))
         return [Job(first, spec, since=first.cutoff - self.cfg.window)]
 
 
@@ -182,7 +181,7 @@ class AMS(Strategy):
         same = [r for r in ready if r.camera == first.camera]
         newest = max(same, key=lambda r: r.cutoff)
         self._take(same)
-        spec = TrainSpec(epochs=self.epochs, seed=_job_seed(self.cfg, newest))
+        spec = self.cfg.train_spec(epochs=self.epochs, seed=_job_seed(self.cfg, newest))
         return [Job(newest, spec, since=newest.cutoff - self.horizon,
                     update_fraction=self.update_fraction)]
 
@@ -222,7 +221,7 @@ class Ekya(Strategy):
             if best is None:
                 continue
             epochs, frac, layers, _, _ = best
-            spec = TrainSpec(epochs=epochs, layers=layers, seed=_job_seed(self.cfg, r))
+            spec = self.cfg.train_spec(epochs=epochs, layers=layers, seed=_job_seed(self.cfg, r))
             jobs.append(Job(r, spec, since=r.cutoff - W, data_fraction=frac, share=share,
                             overhead_s=overhead))
         return jobs
@@ -344,7 +343,7 @@ class EdgeSync(Strategy):
             return []
         best = max(latest.values(), key=lambda r: (self.priority(r, now), -r.camera))
         self._take([q for q in ready if q.camera == best.camera])
-        spec = TrainSpec(epochs=p.max_epochs, patience=p.patience, seed=_job_seed(self.cfg, best))
+        spec = self.cfg.train_spec(epochs=p.max_epochs, patience=p.patience, seed=_job_seed(self.cfg, best))
         return [Job(best, spec, since=best.cutoff - p.horizon, tau=p.tau)]
 
 

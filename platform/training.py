@@ -12,9 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distill.losses import hinton_kd_loss
 from .models import to_tensor
 
-__all__ = ["TrainSpec", "FitResult", "fit", "evaluate", "head_parameters", "top_gradient_mask"]
+FIT_VERSION = 2
+"""Bumped whenever :func:`fit` learns differently (v2: random shifts), so that
+models cached from an older recipe are retrained, never silently reused."""
+
+__all__ = ["FIT_VERSION", "TrainSpec", "FitResult", "fit", "evaluate", "head_parameters", "top_gradient_mask"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,9 @@ class TrainSpec:
             0 runs all ``epochs``.
         val_fraction: share of samples held out for early stopping.
         seed: seeds the initialisation of randomness (shuffling, augmentation).
+        kd_weight: with teacher logits given, the share ``alpha`` of the loss
+            that is Hinton distillation: ``alpha * KD + (1 - alpha) * CE``.
+        kd_temperature: the distillation temperature ``T``.
     """
 
     epochs: int = 10
@@ -40,12 +48,16 @@ class TrainSpec:
     patience: int = 0
     val_fraction: float = 0.25
     seed: int = 0
+    kd_weight: float = 0.0
+    kd_temperature: float = 4.0
 
     def __post_init__(self):
         if self.layers not in ("all", "head"):
             raise ValueError(f"TrainSpec.layers must be 'all' or 'head', got {self.layers!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("TrainSpec needs epochs >= 1, batch_size >= 1 and lr > 0")
+        if not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0:
+            raise ValueError("TrainSpec needs kd_weight in [0, 1] and kd_temperature > 0")
 
 
 @dataclass
@@ -84,6 +96,7 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
         weights: np.ndarray | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
         grad_mask: dict[str, torch.Tensor] | None = None,
+        teacher_logits: np.ndarray | None = None,
         device: torch.device | str = "cpu") -> FitResult:
     """Train ``model`` in place on uint8 frames and integer labels.
 
@@ -91,6 +104,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
     ``spec.patience`` > 0 and no explicit ``val``, a ``val_fraction`` split is held
     out and the best epoch's weights are kept. ``grad_mask`` (parameter name ->
     0/1 tensor) confines training to the selected coordinates (AMS).
+    ``teacher_logits`` (N, K) add Hinton distillation at ``spec.kd_weight``:
+    the teacher's full output says more per sample than its label.
     """
     n = len(labels)
     if n == 0:
@@ -112,6 +127,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
     y_all = torch.as_tensor(labels[train_idx], device=device)
     w_all = torch.as_tensor(weights[train_idx], device=device)
     w_all = w_all / w_all.mean()
+    kd = spec.kd_weight if teacher_logits is not None else 0.0
+    z_all = torch.as_tensor(np.asarray(teacher_logits, np.float32)[train_idx], device=device) if kd else None
 
     best_loss, best_state, since_best = float("inf"), None, 0
     history: list[float] = []
@@ -124,9 +141,13 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
             if len(b) < 2:  # BatchNorm cannot train on one sample
                 continue
             x = x_all[b]
-            flip = torch.from_numpy(rng.random(len(b)) < 0.5).to(device)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            loss = (nn.functional.cross_entropy(model(x), y_all[b], reduction="none") * w_all[b]).mean()
+            x = _augment(x, rng)
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y_all[b], reduction="none")
+            if kd:
+                loss = kd * hinton_kd_loss(out, z_all[b], spec.kd_temperature, reduction="none") \
+                    + (1.0 - kd) * loss
+            loss = (loss * w_all[b]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_mask is not None:
@@ -180,3 +201,14 @@ def _train_mode(model: nn.Module, layers: str) -> None:
     for name in ("classifier", "fc", "head"):
         if hasattr(model, name):
             getattr(model, name).train()
+
+
+def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random shift (per sample) of up to 1/8 of the frame."""
+    n, _, h, w = x.shape
+    flip = torch.from_numpy(rng.random(n) < 0.5).to(x.device)
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    pad = max(1, h // 8)
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    shifts = rng.integers(0, 2 * pad + 1, size=(n, 2))
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts)])

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .models import build_student, build_teacher
-from .training import TrainSpec, evaluate, fit
+from .training import FIT_VERSION, TrainSpec, evaluate, fit
 from .world import CONDITIONS, FrameSource, WorldConfig, render_condition_set
 
 __all__ = ["TeacherRecipe", "cache_dir", "load_teacher", "train_teacher", "teacher_report",
@@ -92,7 +92,7 @@ def teacher_checkpoint(world: WorldConfig, arch: str = "resnet18", checkpoint: s
     if checkpoint is not None:
         return checkpoint
     recipe = TeacherRecipe(arch=arch)
-    path = cache_path(f"teacher-{arch}", asdict(world), asdict(recipe), CONDITIONS)
+    path = cache_path(f"teacher-{arch}", asdict(world), asdict(recipe), CONDITIONS, FIT_VERSION)
     if not os.path.exists(path):
         _save(train_teacher(world, recipe, device, log), path)
         log(f"cached teacher at {path}")
@@ -136,7 +136,7 @@ def initial_student(source: FrameSource, arch: str, num_classes: int, past_frame
     from .models import predict
 
     model = build_student(arch, num_classes, seed=0)
-    path = cache_path(f"student-{arch}", key, past_frames, epochs, num_classes, CONDITIONS)
+    path = cache_path(f"student-{arch}", key, past_frames, epochs, num_classes, CONDITIONS, FIT_VERSION)
     if os.path.exists(path):
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.to(device).eval()

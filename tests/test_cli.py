@@ -16,6 +16,7 @@ def run(*args, **kw):
 @pytest.mark.parametrize("args,message", [
     (["--strategies", "static,nope"], "unknown strategy 'nope'"),
     (["--scenario", "volcano"], "unknown scenario 'volcano'"),
+    (["--distill", "genkd"], "unknown distill 'genkd'"),
     (["--cameras", "0"], "cameras must be a positive number"),
     (["--duration", "-5"], "duration must be a positive number"),
     (["--config", "/nonexistent/cfg.yaml"], "config file not found"),

@@ -61,6 +61,11 @@ def test_hinton_kd_known_value():
     # T^2 scaling: at T=2 the same logits doubled give 4x the T=1 value.
     assert L.hinton_kd_loss(torch.tensor([[2 * math.log(3.0), 0.0]]), torch.zeros(1, 2), 2.0).item() \
         == pytest.approx(4 * expected, rel=1e-5)
+    # Per sample (what a weighted retraining job needs), and its mean is the default.
+    student = torch.tensor([[math.log(3.0), 0.0], [1.0, 1.0]])
+    each = L.hinton_kd_loss(student, torch.zeros(2, 2), 1.0, reduction="none")
+    assert each.tolist() == pytest.approx([expected, 0.0], abs=1e-6)
+    assert L.hinton_kd_loss(student, torch.zeros(2, 2), 1.0).item() == pytest.approx(expected / 2, rel=1e-5)
 
 
 def test_attention_transfer_ignores_scale_and_sees_where():

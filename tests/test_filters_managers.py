@@ -109,11 +109,14 @@ def test_share_gpu_is_work_conserving():
     assert share_gpu(5.0, [4.0, 4.0], [0.5, 0.5], 2.0) == pytest.approx([9.0, 9.0])
 
 
-def test_sample_store_selects_by_time():
+def test_sample_store_selects_by_time_and_labels_by_the_teachers_argmax():
     st = SampleStore()
-    st.add(np.zeros((3, 2, 2, 3), np.uint8), np.array([0, 1, 2]), np.array([10.0, 20.0, 30.0]))
-    _, labels, times = st.select(10.0, 30.0)
-    assert labels.tolist() == [1, 2] and times.tolist() == [20.0, 30.0]
+    logits = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0]], np.float32)
+    st.add(np.zeros((3, 2, 2, 3), np.uint8), logits, np.array([10.0, 20.0, 30.0]))
+    s = st.select(10.0, 30.0)
+    assert s.labels.tolist() == [1, 2] and s.times.tolist() == [20.0, 30.0]
+    np.testing.assert_array_equal(s.logits, logits[1:])
+    assert len(SampleStore().select(0.0, 1.0).labels) == 0
 
 
 def test_unknown_strategy_is_a_clear_error():

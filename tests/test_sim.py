@@ -1,7 +1,11 @@
 """End-to-end runs of the loop (inline runner) on a tiny world."""
+import numpy as np
 import pandas as pd
+import pytest
+import torch
 
-from driftlab.platform.models import build_student
+from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError
+from driftlab.platform.models import build_student, clone, predict
 from driftlab.platform.runner import run_inline
 from driftlab.platform.strategies import STRATEGIES
 from driftlab.platform.training import TrainSpec, fit, top_gradient_mask
@@ -35,6 +39,37 @@ def test_every_strategy_runs_and_writes_results(tiny_cfg, tmp_path):
     first = jobs[jobs.strategy == "periodic"].groupby("camera").deployed.min()
     for cam, t in first.items():
         assert adapted[adapted.camera == cam].t.min() >= t
+
+
+def test_distillation_learns_the_teachers_logits_and_is_off_at_weight_zero():
+    data = render_condition_set(SMALL_WORLD, ["day"], 96, seed=2)
+    k = SMALL_WORLD.num_classes
+    # A teacher whose logits point one class past every label.
+    shifted = np.eye(k, dtype=np.float32)[(data.labels + 1) % k] * 8.0
+    base = build_student("mobilenet_v3_small", k)
+    plain, off, on = clone(base), clone(base), clone(base)
+    fit(plain, data.images, data.labels, TrainSpec(epochs=2, seed=1))
+    fit(off, data.images, data.labels, TrainSpec(epochs=2, seed=1, kd_weight=0.0), teacher_logits=shifted)
+    for a, b in zip(plain.parameters(), off.parameters()):
+        assert torch.equal(a, b)
+    fit(on, data.images, data.labels, TrainSpec(epochs=20, seed=1, lr=2e-3, kd_weight=1.0),
+        teacher_logits=shifted)
+    preds = predict(on, data.images)[0]
+    assert (preds == (data.labels + 1) % k).mean() > 0.8 > 0.2 > (preds == data.labels).mean()
+
+
+def test_distill_setting_reaches_every_job(tiny_cfg, tmp_path):
+    runs = {}
+    for distill in ("none", "hinton"):
+        cfg = tiny_cfg(strategies=["periodic"], distill=distill)
+        assert cfg.train_spec(epochs=1).kd_weight == DISTILL_WEIGHTS[distill]
+        run_inline(cfg, out_dir=str(tmp_path / distill), progress=False, log=lambda *_: None)
+        runs[distill] = pd.read_parquet(tmp_path / distill / "frames.parquet")
+    # Same streams and uploads, different learning: the deployed models differ.
+    assert runs["none"].label.equals(runs["hinton"].label)
+    assert not runs["none"].pred.equals(runs["hinton"].pred)
+    with pytest.raises(ConfigError, match="unknown distill 'genkd'"):
+        tiny_cfg(distill="genkd")
 
 
 def test_same_seed_same_summary(tiny_cfg, tmp_path):

@@ -46,12 +46,13 @@ def reconstruction_weight(epoch: int, ramp_epochs: int, peak: float = 0.5) -> fl
 
 
 def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                   temperature: float = 4.0) -> torch.Tensor:
-    """Hinton et al. (2015): ``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``,
-    averaged over the batch."""
+                   temperature: float = 4.0, reduction: str = "mean") -> torch.Tensor:
+    """Hinton et al. (2015): ``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``
+    per sample, averaged over the batch (``reduction="none"``: one per sample)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits.detach() / t, dim=1),
-                    reduction="batchmean") * t * t
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits.detach() / t, dim=1),
+                  reduction="none").sum(1) * t * t
+    return kl if reduction == "none" else kl.mean()
 
 
 def hint_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
