@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-__all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "logits", "predict", "from_logits", "embed",
-           "default_device", "state_to_numpy", "numpy_to_state", "count_params", "clone"]
+__all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "logits", "predict",
+           "from_logits", "embed", "default_device", "state_to_numpy", "numpy_to_state", "count_params",
+           "clone"]
 
 STUDENTS: dict[str, Callable[[int], nn.Module]] = {
     "mobilenet_v3_small": lambda k: tvm.mobilenet_v3_small(num_classes=k),
