@@ -173,9 +173,9 @@ class Camera:
                ) -> Upload | None:
         """The strategy's filter picks frames buffered since the last upload,
         within its budget; ``teach`` (the teacher) returns their logits, whose
-        argmax are the labels. Under the
-        change-point trigger, nothing unless the detector asks for an upload
-        (the buffer then keeps only the last period's frames)."""
+        argmax are the labels. Under the change-point trigger, nothing unless
+        the detector asks for an upload (the buffer then keeps only the last
+        period's frames)."""
         if self.detector is not None and not self.detector.wants_upload(
                 now, self.last_upload, strategy.period()):
             self._buf = [b for b in self._buf if len(b[1]) and b[1][-1] >= now - strategy.period()]
