@@ -81,7 +81,7 @@ def logits(model: nn.Module, images: np.ndarray, batch_size: int = 256,
     out = [model(to_tensor(images[i:i + batch_size], device)).float().cpu().numpy()
            for i in range(0, len(images), batch_size)]
     if not out:
-        return np.empty((0, _num_outputs(model)), np.float32)
+        return np.empty((0, _classifier(model).out_features), np.float32)
     return np.concatenate(out)
 
 
@@ -100,9 +100,9 @@ def from_logits(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z.argmax(axis=1).astype(np.int64), (e.max(axis=1) / e.sum(axis=1)).astype(np.float32)
 
 
-def _num_outputs(model: nn.Module) -> int:
-    head = model.fc if hasattr(model, "fc") else model.classifier[-1]
-    return head.out_features
+def _classifier(model: nn.Module) -> nn.Linear:
+    """The final linear layer of a torchvision classifier (``fc`` or ``classifier[-1]``)."""
+    return model.fc if hasattr(model, "fc") else model.classifier[-1]
 
 
 @torch.no_grad()
@@ -112,7 +112,7 @@ def embed(model: nn.Module, images: np.ndarray, batch_size: int = 256,
     frames: what feature distillation matches a student against."""
     device = device or next(model.parameters()).device
     model.eval()
-    head = model.fc if hasattr(model, "fc") else model.classifier[-1]
+    head = _classifier(model)
     feats: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, args, _out: feats.append(args[0].flatten(1).cpu()))
     try:
