@@ -8,8 +8,6 @@ that determines them, so a changed recipe never loads a stale model.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass
 
@@ -17,11 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cache import cache_path
 from .models import build_student, build_teacher
 from .training import FIT_VERSION, TrainSpec, evaluate, fit
 from .world import CONDITIONS, FrameSource, WorldConfig, render_condition_set
 
-__all__ = ["TeacherRecipe", "cache_dir", "load_teacher", "train_teacher", "teacher_report",
+__all__ = ["TeacherRecipe", "load_teacher", "train_teacher", "teacher_report",
            "initial_student", "teacher_checkpoint", "load_checkpoint", "TEACHER_SEED", "HELDOUT_SEED"]
 
 TEACHER_SEED = 10_000   # cameras the teacher is trained on
@@ -43,24 +42,6 @@ class TeacherRecipe:
     cameras: int = 6
     per_condition: int = 80
     epochs: int = 5
-
-
-def cache_dir() -> str:
-    """Where trained models are cached: ``$DRIFTLAB_CACHE`` or ``~/.cache/driftlab``."""
-    path = os.environ.get("DRIFTLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "driftlab")
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def _key(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def cache_path(kind: str, *recipe) -> str:
-    """The cache file of a model of ``kind`` trained from ``recipe`` (any
-    JSON-able or printable parts: configs, sizes, seeds)."""
-    return os.path.join(cache_dir(), f"{kind}-{_key(*recipe)}.pt")
 
 
 def train_teacher(world: WorldConfig, recipe: TeacherRecipe, device="cpu", log=print) -> nn.Module:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cache import cache_path
 from .clips import Clips
 from .losses import (attention_distillation_loss, attention_transfer_loss, cvae_loss,
                      generative_distillation_loss, hint_loss, hinton_kd_loss,
@@ -198,8 +199,6 @@ def cached_teacher(clips: Clips, num_classes: int, cfg: DistillConfig,
     cache key covers the clips' shape, count and labels and the fields of
     ``cfg`` the teacher's training reads)."""
     recipe = {k: getattr(cfg, k) for k in _TEACHER_FIELDS}   # student-only weights left out
-    from ..zoo import cache_path  # late: zoo -> training -> distill.losses -> this package
-
     path = cache_path("action-teacher", num_classes, clips.videos.shape, clips.labels.tolist(), recipe,
                       int(clips.videos[:, :, ::4, ::4].sum()))
     if os.path.exists(path):
