@@ -14,15 +14,20 @@ the same numbers for the same seed.
     python experiments/drift_sim.py --scenario weather --cameras 6 --out runs/weather
     python experiments/drift_sim.py --address auto --gpus-per-camera 0.1
     python experiments/drift_sim.py --strategies periodic,periodic+cp,edgesync,edgesync+cp
+    python experiments/drift_sim.py --inline --seed 0,1,2 --out runs/seeds   # mean ± std over seeds
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from typing import Callable
+
+import pandas as pd
 
 from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig, config_from_dict, load_config
-from driftlab.platform.metrics import format_table
+from driftlab.platform.metrics import format_seed_table, format_table, over_seeds, write_parquet
 from driftlab.platform.strategies import STRATEGIES
 from driftlab.platform.world import SCENARIOS, VideoError
 
@@ -37,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strategies", help=f"comma-separated, from: {', '.join(STRATEGIES)}; "
                                         "add +cp to an adapting one (e.g. periodic+cp) to retrain "
                                         "on change points of the camera's feature stream")
-    p.add_argument("--seed", type=int, help="seed of streams, models and jobs")
+    p.add_argument("--seed", help="seed of streams, models and jobs; several (e.g. 0,1,2) run "
+                                  "each and report every strategy's mean ± std over them")
     p.add_argument("--distill", help=f"what retraining learns from the teacher: "
                                      f"{' or '.join(DISTILL_WEIGHTS)} (default hinton: its logits and labels)")
     p.add_argument("--source", help="a video file every camera reads instead of the synthetic world")
@@ -58,21 +64,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace) -> SimConfig:
+def parse_seeds(text: str | None) -> list[int]:
+    """``--seed``: one seed or a comma-separated list of distinct ones."""
+    if text is None:
+        return []
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seed must be an integer or a comma-separated list of them, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seed lists a seed twice: {text!r}")
+    return seeds
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[SimConfig, list[int]]:
+    """The run's config and the seeds to run it with."""
     cfg = load_config(args.config) if args.config else SimConfig()
+    seeds = parse_seeds(args.seed)
     overrides = {k: v for k, v in {
         "scenario": args.scenario, "cameras": args.cameras, "duration": args.duration,
-        "seed": args.seed, "distill": args.distill, "source": args.source, "source_labels": args.labels,
+        "seed": seeds[0] if seeds else None, "distill": args.distill, "source": args.source, "source_labels": args.labels,
         "strategies": args.strategies.split(",") if args.strategies else None,
     }.items() if v is not None}
-    return config_from_dict(overrides, cfg)
+    cfg = config_from_dict(overrides, cfg)
+    return cfg, seeds or [cfg.seed]
 
 
-def run(cfg: SimConfig, args: argparse.Namespace):
+Runner = Callable[[SimConfig, "str | None"], pd.DataFrame]
+
+
+def make_runner(cfg: SimConfig, args: argparse.Namespace) -> Runner:
+    """``run(cfg, out_dir) -> summary``, inline or on Ray (started once for every seed)."""
+    progress = not args.no_progress
     if args.inline:
         from driftlab.platform.runner import run_inline
 
-        return run_inline(cfg, out_dir=args.out, progress=not args.no_progress)
+        return lambda c, out: run_inline(c, out_dir=out, progress=progress)
     from driftlab.actors.runner import RayOptions, run_on_ray, start_ray
 
     opts = RayOptions(address=args.address, num_cpus=args.num_cpus,
@@ -82,23 +109,46 @@ def run(cfg: SimConfig, args: argparse.Namespace):
                       http_port=args.http_port)
     url = start_ray(cfg, opts)
     print(f"Ray dashboard: {url or 'not running (install ray[default])'}", flush=True)
-    return run_on_ray(cfg, opts, out_dir=args.out, progress=not args.no_progress)
+    return lambda c, out: run_on_ray(c, opts, out_dir=out, progress=progress)
+
+
+def run_seeds(cfg: SimConfig, seeds: list[int], run: Runner, out: str | None) -> pd.DataFrame:
+    """Run ``cfg`` once per seed (results in ``out/seed-N``), print each seed's
+    table, and write every seed's summary to ``out/summary_by_seed.parquet`` as
+    it finishes; return the summaries over seeds."""
+    by_seed = []
+    for seed in seeds:
+        print(f"\n== seed {seed}", flush=True)
+        summary = run(config_from_dict({"seed": seed}, cfg), out and os.path.join(out, f"seed-{seed}"))
+        print(format_table(summary), flush=True)
+        by_seed.append(summary.assign(seed=seed))
+        if out:
+            write_parquet(pd.concat(by_seed, ignore_index=True), os.path.join(out, "summary_by_seed.parquet"))
+    table = over_seeds(pd.concat(by_seed, ignore_index=True))
+    if out:
+        write_parquet(table, os.path.join(out, "summary_over_seeds.parquet"))
+    return table
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        cfg = resolve_config(args)
+        cfg, seeds = resolve_config(args)
         t0 = time.time()
         print(f"driftlab: {len(cfg.strategies)} strategies x {cfg.cameras} cameras, "
               f"scenario {cfg.scenario if not cfg.source else cfg.source}, "
-              f"{cfg.duration:.0f} s of stream, seed {cfg.seed}", flush=True)
-        summary = run(cfg, args)
+              f"{cfg.duration:.0f} s of stream, seed {','.join(map(str, seeds))}", flush=True)
+        run = make_runner(cfg, args)
+        if len(seeds) == 1:
+            table = format_table(run(cfg, args.out))
+        else:
+            table = f"mean ± std over seeds {','.join(map(str, seeds))}\n" + format_seed_table(
+                run_seeds(cfg, seeds, run, args.out))
     except (ConfigError, VideoError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
-    print(format_table(summary))
+    print(table)
     print(f"\nwall time {time.time() - t0:.0f} s" + (f"; results in {args.out}" if args.out else ""))
     return 0
 

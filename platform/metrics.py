@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ResultSink", "summarize", "reaction_time", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
+           "over_seeds", "format_seed_table",
            "detection_map", "segment_iou", "THUMOS_TIOUS", "write_parquet"]
 
 SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "reaction_s",
@@ -123,6 +124,44 @@ def format_table(summary: pd.DataFrame) -> str:
         lines.append(f"{r.strategy:<12} {100 * r.accuracy:>7.1f} {opt(r.drift_accuracy, 100):>11} "
                      f"{opt(r.update_delay_s):>8} {opt(r.reaction_s):>8} {r.frames_uploaded:>9d} "
                      f"{r.label_gpu_s:>11.1f} {r.train_gpu_s:>11.1f} {r.jobs:>5d}")
+    return "\n".join(lines)
+
+
+def over_seeds(by_seed: pd.DataFrame) -> pd.DataFrame:
+    """Each strategy's summary over several seeds (``by_seed``: summaries with a
+    ``seed`` column): the mean and sample standard deviation of its accuracy,
+    drift accuracy and update delay, mean costs, and its ``margin``, the paired
+    gap to the best other strategy of the same seed (positive: ahead of all of
+    them), which is what "A beats the rest" has to clear, seed noise included."""
+    rows = []
+    for s in dict.fromkeys(by_seed.strategy):
+        mine = by_seed[by_seed.strategy == s].set_index("seed")
+        others = by_seed[by_seed.strategy != s].groupby("seed").accuracy.max()
+        margin = (mine.accuracy - others).dropna()
+        row = {"strategy": s, "seeds": len(mine)}
+        for col in ("accuracy", "drift_accuracy", "update_delay_s"):
+            row[col], row[f"{col}_std"] = mine[col].mean(), mine[col].std()
+        for col in ("frames_uploaded", "train_gpu_s"):
+            row[col] = mine[col].mean()
+        row["margin"], row["margin_std"] = margin.mean(), margin.std()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_seed_table(table: pd.DataFrame) -> str:
+    """:func:`over_seeds` as a readable table: mean ± std (in points for accuracies)."""
+    def pm(mean: float, std: float, scale: float = 1.0, sign: str = "") -> str:
+        if np.isnan(mean):
+            return "-"
+        return f"{scale * mean:{sign}.1f}" + ("" if np.isnan(std) else f" ± {scale * std:.1f}")
+
+    lines = [f"{'strategy':<12} {'acc %':>12} {'drift acc %':>12} {'delay s':>12} {'uploaded':>9} "
+             f"{'train GPU-s':>11} {'vs best other':>14}"]
+    for r in table.itertuples():
+        lines.append(f"{r.strategy:<12} {pm(r.accuracy, r.accuracy_std, 100):>12} "
+                     f"{pm(r.drift_accuracy, r.drift_accuracy_std, 100):>12} "
+                     f"{pm(r.update_delay_s, r.update_delay_s_std):>12} {r.frames_uploaded:>9.0f} "
+                     f"{r.train_gpu_s:>11.1f} {pm(r.margin, r.margin_std, 100, '+'):>14}")
     return "\n".join(lines)
 
 

@@ -1,9 +1,14 @@
-"""drift_sim.py: bad input gives one clear message and a non-zero exit."""
+"""drift_sim.py from the command line: bad input gives one clear message and a
+non-zero exit; several seeds give each run and the table over them."""
 import pathlib
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
+import yaml
+
+from driftlab.platform.config import config_to_dict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,3 +54,28 @@ def test_gpus_asked_of_a_machine_without_them():
     assert out.returncode == 2
     assert "needs 1 GPUs but the Ray cluster has 0" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_bad_seed_list():
+    out = run("--seed", "0,x", "--no-progress")
+    assert out.returncode == 2 and "--seed must be an integer or a comma-separated list" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_several_seeds_run_each_and_report_mean_and_std(tiny_cfg, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(config_to_dict(tiny_cfg(duration=80.0))))
+    out = run("--inline", "--config", str(cfg), "--seed", "4,5", "--strategies", "static,periodic",
+              "--out", str(tmp_path / "runs"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    by_seed = pd.read_parquet(tmp_path / "runs" / "summary_by_seed.parquet")
+    for seed in (4, 5):  # each seed is a whole run of its own
+        alone = pd.read_parquet(tmp_path / "runs" / f"seed-{seed}" / "summary.parquet")
+        pd.testing.assert_frame_equal(by_seed[by_seed.seed == seed].drop(columns="seed")
+                                      .reset_index(drop=True), alone)
+    assert by_seed[by_seed.strategy == "static"].accuracy.nunique() == 2  # the streams differ
+    over = pd.read_parquet(tmp_path / "runs" / "summary_over_seeds.parquet").set_index("strategy")
+    acc = by_seed.pivot(index="seed", columns="strategy", values="accuracy")
+    assert over.loc["periodic", "accuracy"] == pytest.approx(acc.periodic.mean())
+    assert over.loc["periodic", "margin"] == pytest.approx((acc.periodic - acc.static).mean())
+    assert "mean ± std over seeds 4,5" in out.stdout and "vs best other" in out.stdout

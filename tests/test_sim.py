@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError
+from driftlab.platform.metrics import format_seed_table, over_seeds
 from driftlab.platform.models import build_student, clone, predict
 from driftlab.platform.runner import run_inline
 from driftlab.platform.strategies import STRATEGIES
@@ -92,3 +93,24 @@ def test_early_stopping_and_gradient_mask():
     changed = sum(int((p != before[n]).sum()) for n, p in model.named_parameters())
     total = sum(p.numel() for p in model.parameters())
     assert 0 < changed <= 0.05 * total + 1
+
+
+def test_over_seeds_gives_mean_std_and_the_paired_margin():
+    by_seed = pd.DataFrame({
+        "strategy": ["a", "b", "c"] * 2, "seed": [0, 0, 0, 1, 1, 1],
+        "accuracy": [0.70, 0.60, 0.65, 0.50, 0.58, 0.40],
+        "drift_accuracy": [0.6, 0.5, 0.5, 0.4, 0.5, 0.3],
+        "update_delay_s": [10.0, 20.0, np.nan, 12.0, 22.0, np.nan],
+        "frames_uploaded": [100, 50, 0, 120, 50, 0], "train_gpu_s": [5.0, 6.0, 0.0, 7.0, 6.0, 0.0]})
+    t = over_seeds(by_seed).set_index("strategy")
+    assert list(t.index) == ["a", "b", "c"] and (t.seeds == 2).all()
+    assert t.loc["a", "accuracy"] == pytest.approx(0.60)
+    assert t.loc["a", "accuracy_std"] == pytest.approx(np.std([0.70, 0.50], ddof=1))
+    # Paired against the best other strategy of the same seed: a leads by 0.05
+    # on seed 0 and trails b by 0.08 on seed 1.
+    assert t.loc["a", "margin"] == pytest.approx((0.05 - 0.08) / 2)
+    assert t.loc["b", "margin"] == pytest.approx((-0.10 + 0.08) / 2)
+    assert t.loc["a", "margin_std"] == pytest.approx(np.std([0.05, -0.08], ddof=1))
+    assert t.loc["a", "frames_uploaded"] == 110 and np.isnan(t.loc["c", "update_delay_s"])
+    text = format_seed_table(t.reset_index())
+    assert "60.0 ± 14.1" in text and "-1.5 ± 9.2" in text
