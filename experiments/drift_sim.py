@@ -83,7 +83,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[SimConfig, list[int]]:
     seeds = parse_seeds(args.seed)
     overrides = {k: v for k, v in {
         "scenario": args.scenario, "cameras": args.cameras, "duration": args.duration,
-        "seed": seeds[0] if seeds else None, "distill": args.distill, "source": args.source, "source_labels": args.labels,
+        "seed": seeds[0] if seeds else None, "distill": args.distill, "source": args.source,
+        "source_labels": args.labels,
         "strategies": args.strategies.split(",") if args.strategies else None,
     }.items() if v is not None}
     cfg = config_from_dict(overrides, cfg)
