@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .cache import cache_path
-from .models import build_student, build_teacher
+from .models import build_student, build_teacher, predict
 from .training import FIT_VERSION, TrainSpec, evaluate, fit
 from .world import CONDITIONS, FrameSource, WorldConfig, render_condition_set
 
@@ -114,8 +114,6 @@ def initial_student(source: FrameSource, arch: str, num_classes: int, past_frame
     Frames with unknown labels (a video without a labels file) are labelled by
     ``teacher``. ``key`` identifies the camera's stream for the cache.
     """
-    from .models import predict
-
     model = build_student(arch, num_classes, seed=0)
     path = cache_path(f"student-{arch}", key, past_frames, epochs, num_classes, CONDITIONS, FIT_VERSION)
     if os.path.exists(path):
