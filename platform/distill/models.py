@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.models.video.resnet import BasicBlock, Conv3DNoTemporal
 
 __all__ = ["ActionNet", "ActionOutput", "FeatureCVAE", "action_teacher", "action_student",
-           "foreground", "clips_to_tensor", "count_macs", "count_params"]
+           "foreground", "temporal_attention", "attend", "clips_to_tensor", "count_macs", "count_params"]
 
 
 class _Conv3DKeepTime(nn.Conv3d):
@@ -60,6 +60,21 @@ def foreground(features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(1, features.dim()))
     scale = features.sum(dims, keepdim=True) / gated.sum(dims, keepdim=True).clamp_min(1e-6)
     return gated * scale
+
+
+def temporal_attention(channels: int) -> nn.Module:
+    """Seed 2's attention: from each step's spatially pooled features (B, C, T),
+    a gate in (0, 1) per channel and step (a 3-step temporal conv, then 1x1)."""
+    return nn.Sequential(
+        nn.Conv1d(channels, channels, 3, padding=1), nn.GroupNorm(8, channels),
+        nn.ReLU(inplace=True), nn.Conv1d(channels, channels, 1), nn.Sigmoid())
+
+
+def attend(features: torch.Tensor, attention: nn.Module, fc: nn.Linear) -> ActionOutput:
+    """Seed 2's head on late features ``F`` (B, C, T, h, w): the attention, then
+    the class logits of the pooled foreground features."""
+    a = attention(features.mean((3, 4)))
+    return ActionOutput(features, a, fc(foreground(features, a).mean((2, 3, 4))))
 
 
 class ActionNet(nn.Module):
@@ -99,9 +114,7 @@ class ActionNet(nn.Module):
         self.adapter = nn.Identity() if inplanes == feature_dim else nn.Sequential(
             nn.Conv3d(inplanes, feature_dim, 1, bias=False), nn.BatchNorm3d(feature_dim),
             nn.ReLU(inplace=True))
-        self.attention = nn.Sequential(
-            nn.Conv1d(feature_dim, feature_dim, 3, padding=1), nn.GroupNorm(8, feature_dim),
-            nn.ReLU(inplace=True), nn.Conv1d(feature_dim, feature_dim, 1), nn.Sigmoid())
+        self.attention = temporal_attention(feature_dim)
         self.fc = nn.Linear(feature_dim, num_classes)
         self.feature_dim = feature_dim
 
@@ -110,9 +123,7 @@ class ActionNet(nn.Module):
         return self.adapter(self.stages(self.stem(x)))
 
     def head(self, features: torch.Tensor) -> ActionOutput:
-        attention = self.attention(features.mean((3, 4)))
-        logits = self.fc(foreground(features, attention).mean((2, 3, 4)))
-        return ActionOutput(features, attention, logits)
+        return attend(features, self.attention, self.fc)
 
     def forward(self, x: torch.Tensor) -> ActionOutput:
         return self.head(self.features(x))

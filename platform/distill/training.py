@@ -33,8 +33,8 @@ from .losses import (attention_distillation_loss, attention_transfer_loss, cvae_
                      reconstruction_weight)
 from .models import ActionNet, FeatureCVAE, action_student, action_teacher, clips_to_tensor
 
-__all__ = ["METHODS", "DistillConfig", "TeacherTargets", "DistillResult", "DistillJob",
-           "train_teacher", "cached_teacher", "teacher_targets", "train_student", "accuracy", "set_frozen"]
+__all__ = ["METHODS", "DistillConfig", "TeacherTargets", "DistillResult", "DistillJob", "train_teacher",
+           "phase_one", "cached_teacher", "teacher_targets", "train_student", "accuracy", "set_frozen"]
 
 METHODS = ("none", "hinton", "fitnet", "at", "genkd")
 """Student training methods: no KD, Hinton logit KD, FitNets hint, attention
@@ -165,11 +165,19 @@ def train_teacher(clips: Clips, num_classes: int, cfg: DistillConfig,
                   device: torch.device | str = "cpu", log=print) -> tuple[ActionNet, FeatureCVAE]:
     """Seed 2, phase 1 on the teacher: alternate CVAE and backbone each epoch."""
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     net = action_teacher(num_classes).to(device)
     x_all = clips_to_tensor(clips.videos, device)
-    y_all = torch.as_tensor(clips.labels, device=device)
     cvae = _cvae_for(net, x_all).to(device)
+    phase_one(net, cvae, x_all, torch.as_tensor(clips.labels, device=device), cfg, log)
+    return net, cvae
+
+
+def phase_one(net: nn.Module, cvae: FeatureCVAE, x_all: torch.Tensor, y_all: torch.Tensor,
+              cfg: DistillConfig, log=print, name: str = "teacher") -> None:
+    """Seed 2's phase 1 on a teacher ``net`` (inputs -> :class:`ActionOutput`):
+    each epoch the CVAE learns the features, then the network learns the task
+    plus the ramped generated-feature term; both are left frozen."""
+    rng = np.random.default_rng(cfg.seed)
     opt, sched = _net_optimizer(net, cfg)
     cvae_opt = _cvae_optimizer(cvae, cfg)
     for epoch in range(1, cfg.epochs + 1):
@@ -182,10 +190,9 @@ def train_teacher(clips: Clips, num_classes: int, cfg: DistillConfig,
 
         loss = _task_phase(net, opt, x_all, cfg, rng, loss_fn, frozen=cvae)
         sched.step()
-        log(f"teacher epoch {epoch}/{cfg.epochs}: loss {loss:.3f}")
+        log(f"{name} epoch {epoch}/{cfg.epochs}: loss {loss:.3f}")
     set_frozen(net, True)
     set_frozen(cvae, True)
-    return net, cvae
 
 
 _TEACHER_FIELDS = ("epochs", "batch_size", "lr", "cvae_lr", "kl_weight", "recon_peak", "ramp_epochs",
