@@ -88,11 +88,11 @@ class CameraActor:
             self._uploaded.inc(len(up.images), self._tags())
         return up
 
-    def _teach(self, images: np.ndarray) -> np.ndarray:
-        """Teacher logits over Serve; a replica restart is waited out."""
+    def _teach(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The teacher's logits (and attention) over Serve; a replica restart is waited out."""
         for attempt in range(_LABEL_TRIES):
             try:
-                return self.teacher.label.remote(images).result()["logits"]
+                return self.teacher.label.remote(images).result()
             except (RayActorError, RayTaskError, RuntimeError):
                 if attempt == _LABEL_TRIES - 1:
                     raise

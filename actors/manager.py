@@ -24,11 +24,12 @@ __all__ = ["ManagerActor"]
 
 @ray.remote
 class ManagerActor:
-    def __init__(self, cfg: SimConfig, student_states: list[dict], train: TrainClient):
+    def __init__(self, cfg: SimConfig, student_states: list[dict], train: TrainClient,
+                 teacher_cvae: dict | None = None):
         from ray.util.metrics import Counter, Gauge
 
         set_determinism()
-        self.cfg, self.train = cfg, train
+        self.cfg, self.train, self.teacher_cvae = cfg, train, teacher_cvae
         self.device = default_device()
         self.students = []
         for state in student_states:
@@ -46,7 +47,7 @@ class ManagerActor:
     def start(self, strategy: str) -> None:
         """A fresh strategy and server state, from the initial students."""
         self.strategy = build_strategy(strategy, self.cfg)
-        self.server = Server(self.cfg, self.students, self.device)
+        self.server = Server(self.cfg, self.students, self.device, self.teacher_cvae)
 
     def submit(self, now: float, uploads: list[Upload | None]) -> None:
         """Requests from one upload round, in camera order (the teacher's

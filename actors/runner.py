@@ -18,7 +18,7 @@ import pandas as pd
 import ray
 
 from driftlab.platform.config import SimConfig
-from driftlab.platform.runner import build_fleet, run_strategies, set_determinism
+from driftlab.platform.runner import build_fleet, run_strategies, set_determinism, teacher_genkd_path
 from driftlab.platform.sim import num_ticks, uploads_at
 from driftlab.platform.strategies import build_strategy
 from driftlab.platform.zoo import teacher_checkpoint
@@ -152,9 +152,10 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     plan = plan_resources(cfg, opts, ray.cluster_resources())
     fleet = build_fleet(cfg, log)
     checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
+    genkd = teacher_genkd_path(cfg, fleet.teacher, log=log) if cfg.distill == "genkd" else None
     serve.start(http_options={"host": "127.0.0.1", "port": opts.http_port}, logging_config=QUIET)
     teacher = deploy_teacher(TeacherOptions(
-        checkpoint, cfg.teacher, cfg.world.num_classes, cfg.world.size,
+        checkpoint, cfg.teacher, cfg.world.num_classes, cfg.world.size, genkd_checkpoint=genkd,
         replicas=opts.teacher_replicas, max_batch_size=opts.teacher_batch, num_cpus=_TEACHER_CPUS,
         num_gpus=plan["teacher_gpus"]))
     pool = TrainPool(opts.train_workers, cpus_per_worker=_TRAIN_CPUS, gpus_per_worker=plan["train_gpus"])
@@ -168,7 +169,7 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
         runtime_env=CAMERA_ENV,
     ).remote(i, shared[id(src)], states[i], cfg, teacher)) for i, src in enumerate(fleet.sources)]
     manager = ManagerActor.options(name="manager", num_cpus=_MANAGER_CPUS).remote(
-        cfg, state_dicts, pool.client())
+        cfg, state_dicts, pool.client(), fleet.teacher_cvae)
     ticks, duration = num_ticks(cfg, fleet.sources)
 
     def play(name: str, on_tick) -> tuple[int, float]:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from driftlab.platform.models import build_teacher, default_device, embed, from_logits, logits, predict
-from driftlab.platform.zoo import load_checkpoint
+from driftlab.platform.distill.frames import teach
+from driftlab.platform.models import build_teacher, default_device, embed, from_logits, predict
+from driftlab.platform.zoo import load_checkpoint, load_teacher_genkd
 
 __all__ = ["TeacherOptions", "Teacher", "teacher_app", "deploy_teacher", "ROUTE", "APP_NAME"]
 
@@ -45,6 +46,9 @@ class TeacherOptions:
         num_gpus: GPUs per replica (fractions share one).
         max_body_bytes: largest HTTP body accepted.
         max_side: largest decoded image side accepted over HTTP.
+        genkd_checkpoint: seed 2's head and CVAE on the teacher
+            (:func:`driftlab.platform.zoo.teacher_genkd_checkpoint`); with it,
+            labels come with the teacher's attention for genkd jobs.
     """
 
     checkpoint: str
@@ -58,6 +62,7 @@ class TeacherOptions:
     num_gpus: float = 0.0
     max_body_bytes: int = 8 << 20
     max_side: int = 4096
+    genkd_checkpoint: str | None = None
 
 
 class HTTPError(Exception):
@@ -77,22 +82,25 @@ class Teacher:
         model = build_teacher(opts.arch, opts.num_classes)
         load_checkpoint(model, opts.checkpoint)
         self.model = model.to(self.device).eval()
+        self.head = None if opts.genkd_checkpoint is None else load_teacher_genkd(
+            opts.genkd_checkpoint, self.device)[0]
         self._label_batch.set_max_batch_size(opts.max_batch_size)
         self._label_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
 
     async def label(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Labels, confidences and logits of ``images`` (N, H, W, 3) uint8 (the
-        logits let retraining jobs distil from the teacher's full output)."""
+        logits let retraining jobs distil from the teacher's full output), and
+        with a genkd head its attention."""
         return await self._label_batch(np.asarray(images, np.uint8))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _label_batch(self, requests: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         sizes = [len(r) for r in requests]
-        z = logits(self.model, np.concatenate(requests), device=self.device)
-        labels, confs = from_logits(z)
+        taught = teach(self.model, np.concatenate(requests), self.head, device=self.device)
+        taught["labels"], taught["confidences"] = from_logits(taught["logits"])
         out, i = [], 0
         for n in sizes:
-            out.append({"labels": labels[i:i + n], "confidences": confs[i:i + n], "logits": z[i:i + n]})
+            out.append({k: v[i:i + n] for k, v in taught.items()})
             i += n
         return out
 

@@ -19,8 +19,9 @@ __all__ = ["DISTILL_WEIGHTS", "CostModel", "EdgeSyncParams", "SimConfig", "Confi
            "config_to_dict", "config_from_dict"]
 
 
-DISTILL_WEIGHTS = {"hinton": 0.9, "none": 0.0}
-"""``SimConfig.distill`` choices: the share of a job's loss that is distillation."""
+DISTILL_WEIGHTS = {"hinton": 0.9, "genkd": 0.0, "none": 0.0}
+"""``SimConfig.distill`` choices: the share of a job's loss that is Hinton
+(logit) distillation; ``genkd`` adds seed 2's feature terms to the labels' loss."""
 
 
 class ConfigError(ValueError):
@@ -34,20 +35,29 @@ class CostModel:
 
     The defaults model a fleet whose server trains ~20 student sample-epochs per
     second and labels ~100 frames per second (a shared GPU training a
-    MobileNetV3 at camera resolution); ``experiments/drift_sim.py --calibrate``
-    measures this machine's real costs instead.
+    MobileNetV3 at camera resolution).
 
     Attributes:
         infer_s_per_frame: student inference on the camera, per frame.
         label_s_per_frame: teacher labeling on the server, per frame.
         train_s_per_sample_epoch: student training on the server, per sample-epoch.
         downlink_s_per_mparam: time to ship one million parameters to a camera.
+        genkd_factor: a genkd job's sample-epoch in plain ones: seed 2's CVAE
+            phase adds a forward pass over the samples, its head and CVAE a
+            little more (measured on CPU: ``experiments/bench_genkd.py``).
     """
 
     infer_s_per_frame: float = 0.002
     label_s_per_frame: float = 0.01
     train_s_per_sample_epoch: float = 0.05
     downlink_s_per_mparam: float = 1.0
+    genkd_factor: float = 1.35
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"{f.name} must be a number >= 0, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,11 @@ class SimConfig:
         fixed_epochs: epochs of the ``periodic`` strategy's jobs.
         distill: what every strategy's retraining learns from the teacher:
             ``hinton`` its logits (Hinton distillation, weight 0.9 at T=4) as
-            well as its labels, ``none`` its labels only. The logits cost no
-            extra bandwidth (the server holds them) and say more per sample.
+            well as its labels, ``genkd`` its labels plus seed 2's generative
+            feature and attention distillation
+            (:mod:`driftlab.platform.distill.frames`), ``none`` its labels
+            only. The teacher's outputs cost no extra bandwidth (the server
+            holds them) and say more per sample.
         student: student architecture.
         teacher: teacher architecture.
         teacher_checkpoint: a checkpoint to use instead of the cached teacher.

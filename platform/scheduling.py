@@ -63,12 +63,15 @@ class Job:
 
 
 class Samples(NamedTuple):
-    """Teacher-labelled frames: the teacher's ``logits`` (N, K) and their argmax ``labels``."""
+    """Teacher-labelled frames: the teacher's ``logits`` (N, K), their argmax
+    ``labels`` and its seed 2 ``attention`` (N, D; D = 0 unless the fleet
+    distils with genkd)."""
 
     images: np.ndarray
     labels: np.ndarray
     times: np.ndarray
     logits: np.ndarray
+    attention: np.ndarray
 
     def subset(self, keep: np.ndarray) -> "Samples":
         return Samples(*(a[keep] for a in self))
@@ -80,15 +83,18 @@ class SampleStore:
 
     parts: list[Samples] = field(default_factory=list)
 
-    def add(self, images: np.ndarray, logits: np.ndarray, times: np.ndarray) -> None:
+    def add(self, images: np.ndarray, logits: np.ndarray, times: np.ndarray,
+            attention: np.ndarray | None = None) -> None:
         logits = np.asarray(logits, np.float32)
-        self.parts.append(Samples(images, logits.argmax(axis=1).astype(np.int64), times, logits))
+        attention = np.empty((len(logits), 0), np.float32) if attention is None else attention
+        self.parts.append(Samples(images, logits.argmax(axis=1).astype(np.int64), times, logits,
+                                  np.asarray(attention, np.float32)))
 
     def select(self, since: float, until: float) -> Samples:
         """Samples with ``since < t <= until``."""
         if not self.parts:
             return Samples(np.empty((0, 1, 1, 3), np.uint8), np.empty(0, np.int64), np.empty(0),
-                           np.empty((0, 0), np.float32))
+                           np.empty((0, 0), np.float32), np.empty((0, 0), np.float32))
         everything = Samples(*(np.concatenate(column) for column in zip(*self.parts)))
         return everything.subset((everything.times > since) & (everything.times <= until))
 

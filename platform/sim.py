@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from .config import SimConfig
+from .distill.frames import FrameHead, GenKDTargets, teach
 from .drift import DriftDetector
 from .filters import Candidates, class_mix, mix_shift
-from .models import build_student, clone, count_params, logits, predict
+from .models import build_student, clone, count_params, predict
 from .scheduling import Job, Request, SampleStore, share_gpu
 from .strategies import Strategy, build_strategy
 from .training import FitResult, TrainSpec, fit, top_gradient_mask
@@ -60,7 +61,8 @@ class JobRecord:
 
 @dataclass
 class Upload:
-    """Frames a camera's filter picked, with the teacher's logits for them."""
+    """Frames a camera's filter picked, with the teacher's logits for them
+    (and its attention, for genkd distillation)."""
 
     camera: int
     images: np.ndarray
@@ -69,6 +71,7 @@ class Upload:
     est_accuracy: float
     mix_shift: float
     last_update: float
+    attention: np.ndarray | None = None
 
 
 @dataclass
@@ -85,6 +88,7 @@ class JobInputs:
     spec: TrainSpec
     update_fraction: float = 1.0
     teacher_logits: np.ndarray | None = None  # for distillation (``spec.kd_weight``)
+    genkd: GenKDTargets | None = None          # for seed 2's distillation (``distill: genkd``)
 
     def run(self, device: torch.device | str = "cpu") -> tuple[dict, FitResult]:
         return run_job(self, device)
@@ -110,7 +114,7 @@ def run_job(inputs: JobInputs, device: torch.device | str = "cpu") -> tuple[dict
     if inputs.update_fraction < 1.0 and len(labels) >= 2:
         mask = top_gradient_mask(model, images, labels, inputs.update_fraction, device)
     result = fit(model, images, labels, inputs.spec, weights=inputs.weights, grad_mask=mask,
-                 teacher_logits=inputs.teacher_logits, device=device)
+                 teacher_logits=inputs.teacher_logits, genkd=inputs.genkd, device=device)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, result
 
 
@@ -169,13 +173,13 @@ class Camera:
         self.model.eval()
         self.version, self.last_update = version, t
 
-    def upload(self, strategy: Strategy, now: float, teach: Callable[[np.ndarray], np.ndarray],
+    def upload(self, strategy: Strategy, now: float, teach: Callable[[np.ndarray], dict],
                ) -> Upload | None:
         """The strategy's filter picks frames buffered since the last upload,
-        within its budget; ``teach`` (the teacher) returns their logits, whose
-        argmax are the labels. Under the change-point trigger, nothing unless
-        the detector asks for an upload (the buffer then keeps only the last
-        period's frames)."""
+        within its budget; ``teach`` (the teacher) returns their ``logits``,
+        whose argmax are the labels (and, for genkd, its ``attention``).
+        Under the change-point trigger, nothing unless the detector asks for
+        an upload (the buffer then keeps only the last period's frames)."""
         if self.detector is not None and not self.detector.wants_upload(
                 now, self.last_upload, strategy.period()):
             self._buf = [b for b in self._buf if len(b[1]) and b[1][-1] >= now - strategy.period()]
@@ -190,13 +194,14 @@ class Camera:
         picks = strategy.select(self.index, cands, budget, now, rng)
         if len(picks) == 0:
             return None
-        logits = np.asarray(teach(images[picks]), np.float32)
+        taught = teach(images[picks])
+        logits = np.asarray(taught["logits"], np.float32)
         labels = logits.argmax(axis=1)
         strategy.observe_labels(self.index, labels)
         return Upload(self.index, images[picks], cands.times[picks], logits,
                       est_accuracy=float((cands.preds[picks] == labels).mean()),
                       mix_shift=mix_shift(class_mix(cands.preds, self.num_classes), cands.prev_mix),
-                      last_update=self.last_update)
+                      last_update=self.last_update, attention=taught.get("attention"))
 
     def _take_candidates(self) -> tuple[np.ndarray, Candidates]:
         """Frames buffered since the last upload decision, and clear the buffer."""
@@ -212,12 +217,19 @@ class Camera:
 
 class Server:
     """The server's state: the labelled-sample store, its copy of each camera's
-    student, and the timelines of the teacher and of the GPUs retraining runs
-    on. The teacher itself labels on the camera's call (:meth:`Camera.upload`)."""
+    student (with its seed 2 head and CVAE under genkd, whose jobs also need
+    the ``teacher_cvae`` weights), and the timelines of the teacher and of the
+    GPUs retraining runs on. The teacher itself labels on the camera's call
+    (:meth:`Camera.upload`)."""
 
-    def __init__(self, cfg: SimConfig, students: list[nn.Module], device: torch.device | str = "cpu"):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: SimConfig, students: list[nn.Module], device: torch.device | str = "cpu",
+                 teacher_cvae: dict | None = None):
+        if cfg.distill == "genkd" and teacher_cvae is None:
+            raise ValueError("distill 'genkd' needs the teacher's seed 2 CVAE")
+        self.cfg, self.device, self.teacher_cvae = cfg, device, teacher_cvae
         self.models = [clone(s) for s in students]
+        self.genkd_parts: list[dict | None] = [None] * len(students)
+        self.genkd_jobs = [0] * len(students)
         self.stores = [SampleStore() for _ in students]
         self.gpu_free_at = 0.0
         self.teacher_free_at = 0.0
@@ -232,7 +244,7 @@ class Server:
         self.label_gpu_s += cost
         self.uploaded += len(up.images)
         self.teacher_free_at = max(self.teacher_free_at, now) + cost
-        self.stores[up.camera].add(up.images, up.logits, up.times)
+        self.stores[up.camera].add(up.images, up.logits, up.times, up.attention)
         return Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
                        est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
                        last_update=up.last_update)
@@ -266,9 +278,13 @@ class Server:
             s = s.subset(np.sort(rng.choice(n, max(1, int(round(job.data_fraction * n))), replace=False)))
         weights = None if job.tau is None else np.exp(-(r.cutoff - s.times) / job.tau)
         state = {k: v.detach().cpu() for k, v in self.models[r.camera].state_dict().items()}
+        genkd = None
+        if self.cfg.distill == "genkd":
+            genkd = GenKDTargets(s.attention, self.teacher_cvae, self.genkd_parts[r.camera],
+                                 self.genkd_jobs[r.camera])
         return JobInputs(self.cfg.student, self.cfg.world.num_classes, state, s.images, s.labels,
                          weights, job.spec, job.update_fraction,
-                         teacher_logits=s.logits if job.spec.kd_weight > 0 else None)
+                         teacher_logits=s.logits if job.spec.kd_weight > 0 else None, genkd=genkd)
 
     def downlink_s(self, camera: int, fraction: float) -> float:
         return count_params(self.models[camera]) / 1e6 * fraction * self.cfg.costs.downlink_s_per_mparam
@@ -297,14 +313,19 @@ def serve_jobs(strategy: Strategy, server: Server, until: float, execute: Execut
                 if res is not None]
         if not done:
             continue  # every job failed: nothing ran, the GPUs stay free
-        cost = server.cfg.costs.train_s_per_sample_epoch
-        work = [fit_.sample_epochs * cost + job.overhead_s for job, (_, fit_) in done]
+        costs = server.cfg.costs
+        work = [fit_.sample_epochs * costs.train_s_per_sample_epoch
+                * (costs.genkd_factor if fit_.genkd_parts is not None else 1.0) + job.overhead_s
+                for job, (_, fit_) in done]
         finishes = share_gpu(start, work, [job.share for job, _ in done], server.cfg.server_gpus)
         server.gpu_free_at = max(finishes)
         for (job, (state, fit_)), fin, w in zip(done, finishes, work):
             cam = job.request.camera
             server.models[cam].load_state_dict(state)
             server.versions[cam] += 1
+            if fit_.genkd_parts is not None:
+                server.genkd_parts[cam] = fit_.genkd_parts
+                server.genkd_jobs[cam] += 1
             deployed = fin + server.downlink_s(cam, job.update_fraction)
             out.append(Deployment(JobRecord(cam, job.request.cutoff, start, fin, deployed,
                                             fit_.samples, fit_.epochs_run, w),
@@ -322,6 +343,8 @@ class Fleet:
     teacher: nn.Module
     device: torch.device | str = "cpu"
     ground_truth: list[np.ndarray | None] = field(default_factory=list)
+    teacher_head: FrameHead | None = None   # seed 2's head and CVAE on the teacher,
+    teacher_cvae: dict | None = None        # for genkd distillation
 
     def true_labels(self, log: FrameLog) -> None:
         """Replace a log's labels by the fleet's ground truth, where it has one
@@ -355,10 +378,10 @@ class Simulation:
         self.cameras = [Camera(i, src, clone(s), cfg.world.num_classes,
                                detector=self.strategy.drift_detector())
                         for i, (src, s) in enumerate(zip(fleet.sources, fleet.students))]
-        self.server = Server(cfg, fleet.students, fleet.device)
+        self.server = Server(cfg, fleet.students, fleet.device, fleet.teacher_cvae)
 
-    def _teach(self, images: np.ndarray) -> np.ndarray:
-        return logits(self.fleet.teacher, images, device=self.fleet.device)
+    def _teach(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return teach(self.fleet.teacher, images, self.fleet.teacher_head, device=self.fleet.device)
 
     def _execute(self, batch: list[JobInputs]) -> list[tuple[dict, FitResult]]:
         return [run_job(inputs, self.fleet.device) for inputs in batch]

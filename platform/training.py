@@ -6,12 +6,13 @@ held-out split (EdgeSync's training manager stops a job once it stops improving)
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from .distill.frames import GenKD, GenKDTargets
 from .distill.losses import hinton_kd_loss
 from .models import to_tensor
 
@@ -68,6 +69,7 @@ class FitResult:
     epochs_run: int
     samples: int
     val_accuracy: list[float] = field(default_factory=list)
+    genkd_parts: dict | None = None  # the camera's seed 2 head and CVAE after a genkd job
 
     @property
     def sample_epochs(self) -> int:
@@ -96,7 +98,7 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
         weights: np.ndarray | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
         grad_mask: dict[str, torch.Tensor] | None = None,
-        teacher_logits: np.ndarray | None = None,
+        teacher_logits: np.ndarray | None = None, genkd: GenKDTargets | None = None,
         device: torch.device | str = "cpu") -> FitResult:
     """Train ``model`` in place on uint8 frames and integer labels.
 
@@ -106,6 +108,9 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
     0/1 tensor) confines training to the selected coordinates (AMS).
     ``teacher_logits`` (N, K) add Hinton distillation at ``spec.kd_weight``:
     the teacher's full output says more per sample than its label.
+    ``genkd`` adds seed 2's generative feature distillation
+    (:mod:`driftlab.platform.distill.frames`): each epoch starts with its
+    CVAE phase, and every step adds its feature and attention terms.
     """
     n = len(labels)
     if n == 0:
@@ -122,32 +127,36 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
 
     model.to(device)
     params = head_parameters(model) if spec.layers == "head" else list(model.parameters())
-    opt = torch.optim.Adam(params, lr=spec.lr)
     x_all = to_tensor(images[train_idx], device)
     y_all = torch.as_tensor(labels[train_idx], device=device)
     w_all = torch.as_tensor(weights[train_idx], device=device)
     w_all = w_all / w_all.mean()
     kd = spec.kd_weight if teacher_logits is not None else 0.0
     z_all = torch.as_tensor(np.asarray(teacher_logits, np.float32)[train_idx], device=device) if kd else None
+    seed2 = None
+    if genkd is not None:
+        seed2 = GenKD(model, x_all, replace(genkd, attention=np.asarray(genkd.attention)[train_idx]))
+        params += seed2.parameters()
+    opt = torch.optim.Adam(params, lr=spec.lr)
 
     best_loss, best_state, since_best = float("inf"), None, 0
     history: list[float] = []
     epochs_run = 0
     for epoch in range(spec.epochs):
+        if seed2 is not None:
+            seed2.represent(model, x_all, _batches(len(train_idx), spec.batch_size, rng))
         _train_mode(model, spec.layers)
-        perm = torch.from_numpy(rng.permutation(len(train_idx)))
-        for i in range(0, len(perm), spec.batch_size):
-            b = perm[i:i + spec.batch_size]
-            if len(b) < 2:  # BatchNorm cannot train on one sample
-                continue
-            x = x_all[b]
-            x = _augment(x, rng)
-            out = model(x)
+        for b in _batches(len(train_idx), spec.batch_size, rng):
+            x = _augment(x_all[b], rng)
+            if seed2 is not None:
+                out, extra = seed2.forward(model, x, b)
+            else:
+                out, extra = model(x), 0.0
             loss = nn.functional.cross_entropy(out, y_all[b], reduction="none")
             if kd:
                 loss = kd * hinton_kd_loss(out, z_all[b], spec.kd_temperature, reduction="none") \
                     + (1.0 - kd) * loss
-            loss = (loss * w_all[b]).mean()
+            loss = (loss * w_all[b]).mean() + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_mask is not None:
@@ -170,7 +179,17 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(epochs_run, len(train_idx), history)
+    return FitResult(epochs_run, len(train_idx), history,
+                     genkd_parts=None if seed2 is None else seed2.state())
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator):
+    """Index batches of a random permutation of ``n``, none of one sample
+    (BatchNorm cannot train on one)."""
+    perm = torch.from_numpy(rng.permutation(n))
+    for i in range(0, n, batch_size):
+        if len(perm[i:i + batch_size]) >= 2:
+            yield perm[i:i + batch_size]
 
 
 def top_gradient_mask(model: nn.Module, images: np.ndarray, labels: np.ndarray,

@@ -8,6 +8,7 @@ that determines them, so a changed recipe never loads a stale model.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass
 
@@ -16,12 +17,15 @@ import torch
 from torch import nn
 
 from .cache import cache_path
-from .models import build_student, build_teacher, predict
+from .distill.frames import GENKD_DIM, FrameHead, train_teacher_head
+from .distill.training import DistillConfig
+from .models import build_student, build_teacher, predict, to_tensor
 from .training import FIT_VERSION, TrainSpec, evaluate, fit
 from .world import CONDITIONS, FrameSource, WorldConfig, render_condition_set
 
 __all__ = ["TeacherRecipe", "load_teacher", "train_teacher", "teacher_report",
-           "initial_student", "teacher_checkpoint", "load_checkpoint", "TEACHER_SEED", "HELDOUT_SEED"]
+           "initial_student", "teacher_checkpoint", "teacher_genkd_checkpoint", "load_teacher_genkd",
+           "load_checkpoint", "TEACHER_SEED", "HELDOUT_SEED"]
 
 TEACHER_SEED = 10_000   # cameras the teacher is trained on
 HELDOUT_SEED = 20_000   # cameras its held-out accuracy is measured on
@@ -104,6 +108,39 @@ def _save(model: nn.Module, path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
+
+
+def teacher_genkd_checkpoint(world: WorldConfig, teacher: nn.Module, teacher_path: str,
+                             device="cpu", log=print) -> str:
+    """Path of seed 2's head and CVAE on ``teacher`` (weights in ``teacher_path``),
+    trained once on the teacher's own training frames (its backbone frozen)
+    and cached by the teacher file's content and the recipe."""
+    recipe = DistillConfig(epochs=10)
+    with open(teacher_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    path = cache_path("teacher-genkd", digest, asdict(world), asdict(recipe), TeacherRecipe().cameras,
+                      TeacherRecipe().per_condition, GENKD_DIM)
+    if os.path.exists(path):
+        return path
+    data = render_condition_set(world, list(CONDITIONS), TeacherRecipe().per_condition, TEACHER_SEED,
+                                cameras=TeacherRecipe().cameras)
+    log(f"training seed 2's head and CVAE on the frozen teacher ({len(data)} frames) ...")
+    head, cvae = train_teacher_head(teacher.to(device), to_tensor(data.images, device), data.labels, recipe,
+                                    log=lambda _msg: None)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save({"head": head.state_dict(), "cvae": cvae.state_dict(),
+                "in_channels": head.project[0].in_channels,
+                "num_classes": head.fc.out_features, "spatial": head.spatial}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_teacher_genkd(path: str, device="cpu") -> tuple[FrameHead, dict]:
+    """Seed 2's teacher head (frozen, on ``device``) and its CVAE's weights (CPU)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    head = FrameHead(saved["in_channels"], saved["num_classes"], tuple(saved["spatial"]))
+    head.load_state_dict(saved["head"])
+    return head.to(device).eval().requires_grad_(False), saved["cvae"]
 
 
 def initial_student(source: FrameSource, arch: str, num_classes: int, past_frames: int,

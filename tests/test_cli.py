@@ -21,7 +21,7 @@ def run(*args, **kw):
 @pytest.mark.parametrize("args,message", [
     (["--strategies", "static,nope"], "unknown strategy 'nope'"),
     (["--scenario", "volcano"], "unknown scenario 'volcano'"),
-    (["--distill", "genkd"], "unknown distill 'genkd'"),
+    (["--distill", "hintn"], "unknown distill 'hintn'"),
     (["--cameras", "0"], "cameras must be a positive number"),
     (["--duration", "-5"], "duration must be a positive number"),
     (["--config", "/nonexistent/cfg.yaml"], "config file not found"),
@@ -47,6 +47,9 @@ def test_malformed_config_file(tmp_path):
     typed.write_text("edgesync:\n  tau: fast\n")
     out = run("--config", str(typed))
     assert out.returncode == 2 and "edgesync.tau must be a number" in out.stderr
+    typed.write_text("costs:\n  genkd_factor: -1\n")
+    out = run("--config", str(typed))
+    assert out.returncode == 2 and "costs: genkd_factor must be a number >= 0, got -1" in out.stderr
 
 
 def test_gpus_asked_of_a_machine_without_them():

@@ -60,17 +60,22 @@ def test_distillation_learns_the_teachers_logits_and_is_off_at_weight_zero():
 
 
 def test_distill_setting_reaches_every_job(tiny_cfg, tmp_path):
-    runs = {}
-    for distill in ("none", "hinton"):
+    runs, jobs = {}, {}
+    for distill in ("none", "hinton", "genkd"):
         cfg = tiny_cfg(strategies=["periodic"], distill=distill)
         assert cfg.train_spec(epochs=1).kd_weight == DISTILL_WEIGHTS[distill]
         run_inline(cfg, out_dir=str(tmp_path / distill), progress=False, log=lambda *_: None)
         runs[distill] = pd.read_parquet(tmp_path / distill / "frames.parquet")
+        jobs[distill] = pd.read_parquet(tmp_path / distill / "jobs.parquet")
     # Same streams and uploads, different learning: the deployed models differ.
-    assert runs["none"].label.equals(runs["hinton"].label)
+    assert runs["none"].label.equals(runs["hinton"].label) and runs["none"].label.equals(runs["genkd"].label)
     assert not runs["none"].pred.equals(runs["hinton"].pred)
-    with pytest.raises(ConfigError, match="unknown distill 'genkd'"):
-        tiny_cfg(distill="genkd")
+    assert not runs["none"].pred.equals(runs["genkd"].pred)
+    # The same jobs, each genkd one charged its extra CVAE phase.
+    assert len(jobs["genkd"]) == len(jobs["none"]) > 0
+    np.testing.assert_allclose(jobs["genkd"].gpu_s, jobs["none"].gpu_s * cfg.costs.genkd_factor)
+    with pytest.raises(ConfigError, match="unknown distill 'bogus'"):
+        tiny_cfg(distill="bogus")
 
 
 def test_same_seed_same_summary(tiny_cfg, tmp_path):
