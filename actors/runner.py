@@ -18,7 +18,7 @@ import pandas as pd
 import ray
 
 from driftlab.platform.config import SimConfig
-from driftlab.platform.runner import build_fleet, run_strategies, set_determinism, teacher_genkd_path
+from driftlab.platform.runner import build_fleet, run_strategies, set_determinism
 from driftlab.platform.sim import num_ticks, uploads_at
 from driftlab.platform.strategies import build_strategy
 from driftlab.platform.zoo import teacher_checkpoint
@@ -152,12 +152,11 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     plan = plan_resources(cfg, opts, ray.cluster_resources())
     fleet = build_fleet(cfg, log)
     checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
-    genkd = teacher_genkd_path(cfg, fleet.teacher, log=log) if cfg.distill == "genkd" else None
     serve.start(http_options={"host": "127.0.0.1", "port": opts.http_port}, logging_config=QUIET)
     teacher = deploy_teacher(TeacherOptions(
-        checkpoint, cfg.teacher, cfg.world.num_classes, cfg.world.size, genkd_checkpoint=genkd,
+        checkpoint, cfg.teacher, cfg.world.num_classes, cfg.world.size,
         replicas=opts.teacher_replicas, max_batch_size=opts.teacher_batch, num_cpus=_TEACHER_CPUS,
-        num_gpus=plan["teacher_gpus"]))
+        num_gpus=plan["teacher_gpus"], genkd_checkpoint=fleet.genkd_checkpoint))
     pool = TrainPool(opts.train_workers, cpus_per_worker=_TRAIN_CPUS, gpus_per_worker=plan["train_gpus"])
     # Constructor arguments stay referenced for the whole run: a restarted
     # camera actor is built from them again.

@@ -13,7 +13,6 @@ from typing import Callable
 import pandas as pd
 import torch
 import yaml
-from torch import nn
 
 from .config import SimConfig, config_to_dict
 from .metrics import ResultSink, plot_accuracy
@@ -23,7 +22,7 @@ from .world import CameraStream, VideoFileSource, get_scenario
 from .zoo import (initial_student, load_teacher, load_teacher_genkd, teacher_checkpoint,
                   teacher_genkd_checkpoint)
 
-__all__ = ["build_fleet", "teacher_genkd_path", "run_inline", "run_strategies", "set_determinism"]
+__all__ = ["build_fleet", "run_inline", "run_strategies", "set_determinism"]
 
 
 def set_determinism(threads: int | None = None) -> None:
@@ -60,15 +59,10 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
         truth.append(labels)
     fleet = Fleet(sources, students, teacher, device, truth)
     if cfg.distill == "genkd":
-        fleet.teacher_head, fleet.teacher_cvae = load_teacher_genkd(
-            teacher_genkd_path(cfg, teacher, device, log), device)
+        checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
+        fleet.genkd_checkpoint = teacher_genkd_checkpoint(cfg.world, teacher, checkpoint, device, log)
+        fleet.teacher_head, fleet.teacher_cvae = load_teacher_genkd(fleet.genkd_checkpoint, device)
     return fleet
-
-
-def teacher_genkd_path(cfg: SimConfig, teacher: nn.Module, device="cpu", log=print) -> str:
-    """The cached seed 2 head and CVAE of the fleet's teacher (trained on first use)."""
-    checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
-    return teacher_genkd_checkpoint(cfg.world, teacher, checkpoint, device, log)
 
 
 Play = Callable[[str, Callable[[float, list[FrameLog], list[JobRecord]], None]], tuple[int, float]]

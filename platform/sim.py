@@ -343,8 +343,9 @@ class Fleet:
     teacher: nn.Module
     device: torch.device | str = "cpu"
     ground_truth: list[np.ndarray | None] = field(default_factory=list)
-    teacher_head: FrameHead | None = None   # seed 2's head and CVAE on the teacher,
-    teacher_cvae: dict | None = None        # for genkd distillation
+    genkd_checkpoint: str | None = None     # seed 2's head and CVAE on the teacher
+    teacher_head: FrameHead | None = None   # (for genkd distillation): the file,
+    teacher_cvae: dict | None = None        # the head, the CVAE's weights
 
     def true_labels(self, log: FrameLog) -> None:
         """Replace a log's labels by the fleet's ground truth, where it has one

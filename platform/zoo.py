@@ -115,15 +115,15 @@ def teacher_genkd_checkpoint(world: WorldConfig, teacher: nn.Module, teacher_pat
     """Path of seed 2's head and CVAE on ``teacher`` (weights in ``teacher_path``),
     trained once on the teacher's own training frames (its backbone frozen)
     and cached by the teacher file's content and the recipe."""
-    recipe = DistillConfig(epochs=10)
+    recipe, frames = DistillConfig(epochs=10), TeacherRecipe()
     with open(teacher_path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    path = cache_path("teacher-genkd", digest, asdict(world), asdict(recipe), TeacherRecipe().cameras,
-                      TeacherRecipe().per_condition, GENKD_DIM)
+    path = cache_path("teacher-genkd", digest, asdict(world), asdict(recipe), frames.cameras,
+                      frames.per_condition, GENKD_DIM)
     if os.path.exists(path):
         return path
-    data = render_condition_set(world, list(CONDITIONS), TeacherRecipe().per_condition, TEACHER_SEED,
-                                cameras=TeacherRecipe().cameras)
+    data = render_condition_set(world, list(CONDITIONS), frames.per_condition, TEACHER_SEED,
+                                cameras=frames.cameras)
     log(f"training seed 2's head and CVAE on the frozen teacher ({len(data)} frames) ...")
     head, cvae = train_teacher_head(teacher.to(device), to_tensor(data.images, device), data.labels, recipe,
                                     log=lambda _msg: None)
