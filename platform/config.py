@@ -78,6 +78,11 @@ class EdgeSyncParams:
         w_drift: priority weight of the estimated accuracy gap.
         w_mix: priority weight of the shift in predicted class mix.
         w_stale: priority weight of time since the camera's last update (per window).
+        borrow: the most samples a job borrows from the other cameras' uploads
+            of the last ``borrow_window`` seconds, the closest in condition
+            (mean and spread of each colour channel) to the camera's newest
+            upload; 0 trains on the camera's own samples only.
+        borrow_window: how old a borrowed sample may be (seconds).
     """
 
     period: float = 20.0
@@ -92,6 +97,15 @@ class EdgeSyncParams:
     w_drift: float = 1.0
     w_mix: float = 0.5
     w_stale: float = 0.1
+    borrow: int = 32
+    borrow_window: float = 120.0
+
+    def __post_init__(self):
+        _validate_positive(self, "period", "tau", "horizon", "max_epochs")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v < 0:
+                raise ConfigError(f"{f.name} must be >= 0, got {v!r}")
 
 
 @dataclass(frozen=True)

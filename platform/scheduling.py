@@ -5,6 +5,7 @@ Pure bookkeeping on the virtual clock; the policies that fill these in live in
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from .training import TrainSpec
 
-__all__ = ["Request", "Job", "Samples", "SampleStore", "share_gpu"]
+__all__ = ["Request", "Job", "Samples", "SampleStore", "condition_stats", "closest", "share_gpu"]
 
 
 @dataclass
@@ -50,6 +51,10 @@ class Job:
         share: share of the server's GPUs the job runs with.
         overhead_s: extra GPU-seconds charged (e.g. Ekya's micro-profiling).
         update_fraction: share of parameters the job may change and ship (AMS).
+        borrow: the most samples the job borrows from other cameras' uploads
+            of the last ``borrow_window`` seconds (EdgeSync): those closest in
+            condition to this camera's newest upload.
+        borrow_window: how far back borrowed samples may date (seconds).
     """
 
     request: Request
@@ -60,6 +65,8 @@ class Job:
     share: float = 1.0
     overhead_s: float = 0.0
     update_fraction: float = 1.0
+    borrow: int = 0
+    borrow_window: float = 0.0
 
 
 class Samples(NamedTuple):
@@ -76,27 +83,60 @@ class Samples(NamedTuple):
     def subset(self, keep: np.ndarray) -> "Samples":
         return Samples(*(a[keep] for a in self))
 
+    @staticmethod
+    def concat(parts: list["Samples"]) -> "Samples":
+        """``parts`` one after another (no samples if none has any)."""
+        parts = [p for p in parts if len(p.labels)]
+        if not parts:
+            return Samples(np.empty((0, 1, 1, 3), np.uint8), np.empty(0, np.int64), np.empty(0),
+                           np.empty((0, 0), np.float32), np.empty((0, 0), np.float32))
+        return Samples(*(np.concatenate(column) for column in zip(*parts)))
+
 
 @dataclass
 class SampleStore:
-    """Teacher-labelled uploads of one camera, in arrival order."""
+    """Teacher-labelled uploads of one camera, in arrival order, with the
+    stream time each upload's labels were back (``ready``)."""
 
     parts: list[Samples] = field(default_factory=list)
+    ready: list[float] = field(default_factory=list)
 
     def add(self, images: np.ndarray, logits: np.ndarray, times: np.ndarray,
-            attention: np.ndarray | None = None) -> None:
+            attention: np.ndarray | None = None, ready: float = 0.0) -> None:
         logits = np.asarray(logits, np.float32)
         attention = np.empty((len(logits), 0), np.float32) if attention is None else attention
         self.parts.append(Samples(images, logits.argmax(axis=1).astype(np.int64), times, logits,
                                   np.asarray(attention, np.float32)))
+        self.ready.append(ready)
 
-    def select(self, since: float, until: float) -> Samples:
-        """Samples with ``since < t <= until``."""
-        if not self.parts:
-            return Samples(np.empty((0, 1, 1, 3), np.uint8), np.empty(0, np.int64), np.empty(0),
-                           np.empty((0, 0), np.float32), np.empty((0, 0), np.float32))
-        everything = Samples(*(np.concatenate(column) for column in zip(*self.parts)))
+    def select(self, since: float, until: float, ready_by: float = math.inf) -> Samples:
+        """Samples with ``since < t <= until`` whose labels were back by ``ready_by``."""
+        everything = Samples.concat([p for p, r in zip(self.parts, self.ready) if r <= ready_by])
         return everything.subset((everything.times > since) & (everything.times <= until))
+
+    def newest(self, until: float) -> Samples:
+        """The latest upload taken at or before stream time ``until``."""
+        for part in reversed(self.parts):
+            if len(part.times) and part.times.max() <= until:
+                return part
+        return Samples.concat([])
+
+
+def condition_stats(images: np.ndarray) -> np.ndarray:
+    """Each image's mean and spread per colour channel, in [0, 1]: what light,
+    weather, sensor noise and colour cast move, a frame's condition."""
+    x = images.reshape(len(images), -1, images.shape[-1]).astype(np.float32) / 255.0
+    return np.concatenate([x.mean(axis=1), x.std(axis=1)], axis=1)
+
+
+def closest(pool: Samples, reference: np.ndarray, k: int) -> Samples:
+    """The ``k`` samples of ``pool`` closest in condition to the ``reference``
+    images' mean condition, in pool order."""
+    if k <= 0 or len(pool.labels) == 0 or len(reference) == 0:
+        return pool.subset(np.zeros(len(pool.labels), bool))
+    target = condition_stats(reference).mean(axis=0)
+    distance = np.linalg.norm(condition_stats(pool.images) - target, axis=1)
+    return pool.subset(np.sort(np.argsort(distance, kind="stable")[:k]))
 
 
 def share_gpu(start: float, work: list[float], shares: list[float], gpus: float) -> list[float]:

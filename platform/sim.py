@@ -23,7 +23,7 @@ from .distill.frames import FrameHead, GenKDTargets, teach
 from .drift import DriftDetector
 from .filters import Candidates, class_mix, mix_shift
 from .models import build_student, clone, count_params, predict
-from .scheduling import Job, Request, SampleStore, share_gpu
+from .scheduling import Job, Request, Samples, SampleStore, closest, share_gpu
 from .strategies import Strategy, build_strategy
 from .training import FitResult, TrainSpec, fit, top_gradient_mask
 from .world import FrameSource
@@ -244,7 +244,7 @@ class Server:
         self.label_gpu_s += cost
         self.uploaded += len(up.images)
         self.teacher_free_at = max(self.teacher_free_at, now) + cost
-        self.stores[up.camera].add(up.images, up.logits, up.times, up.attention)
+        self.stores[up.camera].add(up.images, up.logits, up.times, up.attention, ready=self.teacher_free_at)
         return Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
                        est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
                        last_update=up.last_update)
@@ -268,14 +268,16 @@ class Server:
         return result.val_accuracy, result.sample_epochs
 
     # --- retraining ----------------------------------------------------------
-    def job_inputs(self, job: Job) -> JobInputs:
-        """The samples, weights and starting weights of ``job``."""
+    def job_inputs(self, job: Job, start: float) -> JobInputs:
+        """The samples, weights and starting weights of ``job``, which starts at ``start``."""
         r = job.request
         s = self.stores[r.camera].select(job.since, r.cutoff)
         if job.data_fraction < 1.0 and len(s.labels):
             rng = np.random.default_rng(job.spec.seed)
             n = len(s.labels)
             s = s.subset(np.sort(rng.choice(n, max(1, int(round(job.data_fraction * n))), replace=False)))
+        if job.borrow > 0:
+            s = Samples.concat([s, self.borrowed(r.camera, r.cutoff, start, job.borrow, job.borrow_window)])
         weights = None if job.tau is None else np.exp(-(r.cutoff - s.times) / job.tau)
         state = {k: v.detach().cpu() for k, v in self.models[r.camera].state_dict().items()}
         genkd = None
@@ -285,6 +287,15 @@ class Server:
         return JobInputs(self.cfg.student, self.cfg.world.num_classes, state, s.images, s.labels,
                          weights, job.spec, job.update_fraction,
                          teacher_logits=s.logits if job.spec.kd_weight > 0 else None, genkd=genkd)
+
+    def borrowed(self, camera: int, cutoff: float, start: float, k: int, window: float) -> Samples:
+        """Up to ``k`` samples the other cameras uploaded in the ``window``
+        seconds before ``cutoff`` (labelled by ``start``), the closest in
+        condition to this camera's newest upload: cameras that met a condition
+        first teach the ones that meet it later."""
+        pool = Samples.concat([store.select(cutoff - window, cutoff, ready_by=start)
+                               for j, store in enumerate(self.stores) if j != camera])
+        return closest(pool, self.stores[camera].newest(cutoff).images, k)
 
     def downlink_s(self, camera: int, fraction: float) -> float:
         return count_params(self.models[camera]) / 1e6 * fraction * self.cfg.costs.downlink_s_per_mparam
@@ -309,7 +320,7 @@ def serve_jobs(strategy: Strategy, server: Server, until: float, execute: Execut
                 break  # the manager declined every ready request
             server.gpu_free_at = max(server.gpu_free_at, min(nxt))
             continue
-        done = [(job, res) for job, res in zip(batch, execute([server.job_inputs(j) for j in batch]))
+        done = [(job, res) for job, res in zip(batch, execute([server.job_inputs(j, start) for j in batch]))
                 if res is not None]
         if not done:
             continue  # every job failed: nothing ran, the GPUs stay free

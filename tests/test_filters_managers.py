@@ -4,7 +4,7 @@ import pytest
 
 from driftlab.platform.config import EdgeSyncParams, SimConfig
 from driftlab.platform.filters import Candidates, class_mix, edgesync_filter, mix_shift, uniform_filter
-from driftlab.platform.scheduling import Request, SampleStore, share_gpu
+from driftlab.platform.scheduling import Request, Samples, SampleStore, closest, share_gpu
 from driftlab.platform.strategies import Ekya, EdgeSync, Periodic, _extrapolate, build_strategy
 
 
@@ -75,6 +75,7 @@ def test_edgesync_orders_by_priority_skips_accurate_and_merges_stale():
     jobs = s.next_batch(120.0, NoProfiler())
     assert [(j.request.camera, j.request.cutoff) for j in jobs] == [(1, 120)]
     assert jobs[0].tau is not None and jobs[0].since == 120 - s.cfg.edgesync.horizon
+    assert (jobs[0].borrow, jobs[0].borrow_window) == (s.cfg.edgesync.borrow, s.cfg.edgesync.borrow_window) != (0, 0)
     jobs = s.next_batch(120.0, NoProfiler())
     assert [j.request.camera for j in jobs] == [0]
     assert s.pending == [] and s.next_batch(120.0, NoProfiler()) == []
@@ -117,6 +118,30 @@ def test_sample_store_selects_by_time_and_labels_by_the_teachers_argmax():
     assert s.labels.tolist() == [1, 2] and s.times.tolist() == [20.0, 30.0]
     np.testing.assert_array_equal(s.logits, logits[1:])
     assert len(SampleStore().select(0.0, 1.0).labels) == 0
+
+
+def test_sample_store_hides_labels_not_back_yet_and_finds_the_newest_upload():
+    st = SampleStore()
+    logits = np.eye(3, dtype=np.float32)
+    st.add(np.zeros((3, 2, 2, 3), np.uint8), logits, np.array([5.0, 10.0, 20.0]), ready=21.0)
+    st.add(np.ones((3, 2, 2, 3), np.uint8), logits, np.array([25.0, 30.0, 40.0]), ready=41.0)
+    assert st.select(0.0, 40.0, ready_by=30.0).times.tolist() == [5.0, 10.0, 20.0]
+    assert st.select(8.0, 40.0, ready_by=41.0).times.tolist() == [10.0, 20.0, 25.0, 30.0, 40.0]
+    assert st.newest(40.0).times.tolist() == [25.0, 30.0, 40.0]
+    assert st.newest(39.0).times.tolist() == [5.0, 10.0, 20.0]
+    assert len(st.newest(4.0).labels) == 0
+
+
+def test_closest_borrows_the_samples_taken_in_the_reference_condition():
+    levels = np.array([200, 40, 210, 50, 45, 220], np.uint8)     # bright (day) and dark (night)
+    images = np.broadcast_to(levels[:, None, None, None], (6, 4, 4, 3)).copy()
+    pool = Samples(images, np.arange(6), np.arange(6.0), np.zeros((6, 6), np.float32),
+                   np.zeros((6, 0), np.float32))
+    night = np.full((2, 4, 4, 3), 42, np.uint8)
+    assert closest(pool, night, 3).times.tolist() == [1.0, 3.0, 4.0]   # the dark ones, in pool order
+    assert closest(pool, night, 10).times.tolist() == list(range(6))   # fewer than asked: all
+    assert len(closest(pool, night, 0).labels) == 0
+    assert len(closest(pool, night[:0], 3).labels) == 0                # nothing to compare with
 
 
 def test_unknown_strategy_is_a_clear_error():
