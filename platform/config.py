@@ -78,11 +78,6 @@ class EdgeSyncParams:
         w_drift: priority weight of the estimated accuracy gap.
         w_mix: priority weight of the shift in predicted class mix.
         w_stale: priority weight of time since the camera's last update (per window).
-        borrow: the most samples a job borrows from the other cameras' uploads
-            of the last ``borrow_window`` seconds, the closest in condition
-            (mean and spread of each colour channel) to the camera's newest
-            upload; 0 trains on the camera's own samples only.
-        borrow_window: how old a borrowed sample may be (seconds).
     """
 
     period: float = 20.0
@@ -97,8 +92,6 @@ class EdgeSyncParams:
     w_drift: float = 1.0
     w_mix: float = 0.5
     w_stale: float = 0.1
-    borrow: int = 32
-    borrow_window: float = 120.0
 
     def __post_init__(self):
         _validate_positive(self, "period", "tau", "horizon", "max_epochs")
@@ -132,6 +125,13 @@ class SimConfig:
             (:mod:`driftlab.platform.distill.frames`), ``none`` its labels
             only. The teacher's outputs cost no extra bandwidth (the server
             holds them) and say more per sample.
+        borrow: every strategy's retraining job adds to its camera's samples
+            up to this many of the other cameras' uploads of the last
+            ``borrow_window`` seconds, the closest in condition (mean and
+            spread of each colour channel) to the camera's newest upload:
+            cameras that met a condition first teach the ones that meet it
+            later. 0 (the default) trains on the camera's own samples only.
+        borrow_window: how old a borrowed sample may be (seconds).
         student: student architecture.
         teacher: teacher architecture.
         teacher_checkpoint: a checkpoint to use instead of the cached teacher.
@@ -155,6 +155,8 @@ class SimConfig:
     server_gpus: float = 1.0
     fixed_epochs: int = 10
     distill: str = "hinton"
+    borrow: int = 0
+    borrow_window: float = 120.0
     student: str = "mobilenet_v3_small"
     teacher: str = "resnet18"
     teacher_checkpoint: str | None = None
@@ -168,7 +170,9 @@ class SimConfig:
 
     def __post_init__(self):
         _validate_positive(self, "cameras", "duration", "window", "tick", "server_gpus",
-                           "fixed_epochs", "warmup")
+                           "fixed_epochs", "warmup", "borrow_window")
+        if not isinstance(self.borrow, int) or isinstance(self.borrow, bool) or self.borrow < 0:
+            raise ConfigError(f"borrow must be a whole number >= 0, got {self.borrow!r}")
         if self.scenario not in SCENARIOS:
             raise ConfigError(f"unknown scenario {self.scenario!r}; choose one of: "
                               f"{', '.join(SCENARIOS)}")

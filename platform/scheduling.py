@@ -51,10 +51,6 @@ class Job:
         share: share of the server's GPUs the job runs with.
         overhead_s: extra GPU-seconds charged (e.g. Ekya's micro-profiling).
         update_fraction: share of parameters the job may change and ship (AMS).
-        borrow: the most samples the job borrows from other cameras' uploads
-            of the last ``borrow_window`` seconds (EdgeSync): those closest in
-            condition to this camera's newest upload.
-        borrow_window: how far back borrowed samples may date (seconds).
     """
 
     request: Request
@@ -65,8 +61,6 @@ class Job:
     share: float = 1.0
     overhead_s: float = 0.0
     update_fraction: float = 1.0
-    borrow: int = 0
-    borrow_window: float = 0.0
 
 
 class Samples(NamedTuple):

@@ -276,8 +276,8 @@ class Server:
             rng = np.random.default_rng(job.spec.seed)
             n = len(s.labels)
             s = s.subset(np.sort(rng.choice(n, max(1, int(round(job.data_fraction * n))), replace=False)))
-        if job.borrow > 0:
-            s = Samples.concat([s, self.borrowed(r.camera, r.cutoff, start, job.borrow, job.borrow_window)])
+        if self.cfg.borrow > 0:
+            s = Samples.concat([s, self.borrowed(r.camera, r.cutoff, start)])
         weights = None if job.tau is None else np.exp(-(r.cutoff - s.times) / job.tau)
         state = {k: v.detach().cpu() for k, v in self.models[r.camera].state_dict().items()}
         genkd = None
@@ -288,14 +288,13 @@ class Server:
                          weights, job.spec, job.update_fraction,
                          teacher_logits=s.logits if job.spec.kd_weight > 0 else None, genkd=genkd)
 
-    def borrowed(self, camera: int, cutoff: float, start: float, k: int, window: float) -> Samples:
-        """Up to ``k`` samples the other cameras uploaded in the ``window``
-        seconds before ``cutoff`` (labelled by ``start``), the closest in
-        condition to this camera's newest upload: cameras that met a condition
-        first teach the ones that meet it later."""
-        pool = Samples.concat([store.select(cutoff - window, cutoff, ready_by=start)
+    def borrowed(self, camera: int, cutoff: float, start: float) -> Samples:
+        """Up to ``cfg.borrow`` samples the other cameras uploaded in the
+        ``cfg.borrow_window`` seconds before ``cutoff`` (labelled by ``start``),
+        the closest in condition to this camera's newest upload."""
+        pool = Samples.concat([store.select(cutoff - self.cfg.borrow_window, cutoff, ready_by=start)
                                for j, store in enumerate(self.stores) if j != camera])
-        return closest(pool, self.stores[camera].newest(cutoff).images, k)
+        return closest(pool, self.stores[camera].newest(cutoff).images, self.cfg.borrow)
 
     def downlink_s(self, camera: int, fraction: float) -> float:
         return count_params(self.models[camera]) / 1e6 * fraction * self.cfg.costs.downlink_s_per_mparam

@@ -315,9 +315,7 @@ class EdgeSync(Strategy):
     from its estimated accuracy gap, the shift of its class mix and its
     staleness), merge a camera's stale requests into its newest, skip cameras
     that are accurate enough, and size each job by online early stopping.
-    A job adds to the camera's own samples a few of the fleet's recent ones
-    taken in the same condition (``borrow``), and weighs every sample by its
-    timeliness ``exp(-age / tau)``."""
+    Samples are weighted by timeliness ``exp(-age / tau)``."""
 
     def period(self) -> float:
         return _whole_ticks(self.cfg.edgesync.period, self.cfg.tick)
@@ -346,8 +344,7 @@ class EdgeSync(Strategy):
         best = max(latest.values(), key=lambda r: (self.priority(r, now), -r.camera))
         self._take([q for q in ready if q.camera == best.camera])
         spec = self.cfg.train_spec(epochs=p.max_epochs, patience=p.patience, seed=_job_seed(self.cfg, best))
-        return [Job(best, spec, since=best.cutoff - p.horizon, tau=p.tau, borrow=p.borrow,
-                    borrow_window=p.borrow_window)]
+        return [Job(best, spec, since=best.cutoff - p.horizon, tau=p.tau)]
 
 
 def _latest_per_camera(requests: list[Request]) -> dict[int, Request]:

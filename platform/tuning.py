@@ -30,7 +30,6 @@ SEARCH_SPACE: dict[str, tuple] = {
     "w_drift": ("uniform", 0.0, 2.0),          # priority: estimated accuracy gap
     "w_mix": ("uniform", 0.0, 2.0),            # priority: class-mix shift
     "w_stale": ("uniform", 0.0, 1.0),          # priority: time since last update
-    "borrow": ("choice", [0, 16, 32, 64]),     # samples borrowed from other cameras
 }
 
 

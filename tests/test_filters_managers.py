@@ -75,7 +75,6 @@ def test_edgesync_orders_by_priority_skips_accurate_and_merges_stale():
     jobs = s.next_batch(120.0, NoProfiler())
     assert [(j.request.camera, j.request.cutoff) for j in jobs] == [(1, 120)]
     assert jobs[0].tau is not None and jobs[0].since == 120 - s.cfg.edgesync.horizon
-    assert (jobs[0].borrow, jobs[0].borrow_window) == (s.cfg.edgesync.borrow, s.cfg.edgesync.borrow_window) != (0, 0)
     jobs = s.next_batch(120.0, NoProfiler())
     assert [j.request.camera for j in jobs] == [0]
     assert s.pending == [] and s.next_batch(120.0, NoProfiler()) == []

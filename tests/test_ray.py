@@ -52,9 +52,10 @@ def test_ray_run_equals_inline_and_survives_crashes(local_ray, tiny_cfg, tmp_pat
     from ray.util.state import list_actors
 
     # edgesync with the change-point trigger: the detector's state must survive the crash too;
-    # genkd: the teacher's attention over Serve, each camera's seed 2 parts through Ray Train.
+    # genkd: the teacher's attention over Serve, each camera's seed 2 parts through Ray Train;
+    # borrow: jobs take other cameras' samples from the manager's store.
     cfg = tiny_cfg(strategies=["ams", "edgesync+cp"], changepoint={"min_snippets": 10, "hold": 40.0},
-                   distill="genkd")
+                   distill="genkd", borrow=4)
     inline = run_inline(cfg, progress=False, log=lambda *_: None)
     assert inline.set_index("strategy").loc["edgesync+cp", "jobs"] > 0  # the trigger fired
     seen: dict[str, set] = {}

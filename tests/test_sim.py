@@ -8,7 +8,7 @@ from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig
 from driftlab.platform.metrics import format_seed_table, over_seeds
 from driftlab.platform.models import build_student, clone, predict
 from driftlab.platform.runner import run_inline
-from driftlab.platform.scheduling import Job
+from driftlab.platform.scheduling import Job, Request
 from driftlab.platform.sim import Server, Upload
 from driftlab.platform.strategies import STRATEGIES
 from driftlab.platform.training import TrainSpec, fit, top_gradient_mask
@@ -81,31 +81,35 @@ def test_distill_setting_reaches_every_job(tiny_cfg, tmp_path):
 
 
 def test_a_job_borrows_labelled_samples_of_the_same_condition_from_other_cameras():
-    cfg = SimConfig(world=SMALL_WORLD, cameras=3)
-    server = Server(cfg, [build_student(cfg.student, SMALL_WORLD.num_classes)] * 3)
+    def fleet_server(**cfg) -> Server:
+        cfg = SimConfig(world=SMALL_WORLD, cameras=3, **cfg)
+        server = Server(cfg, [build_student(cfg.student, SMALL_WORLD.num_classes)] * 3)
+        for camera, level, times in [(2, 40, [-50.0]),              # dark, but older than the window
+                                     (0, 45, [14.0, 20.0]),         # camera 0 at night
+                                     (1, 50, [12.0, 16.0, 18.0]),   # camera 1 at night too, labelled next
+                                     (2, 210, [15.0, 19.0])]:       # camera 2 by day
+            images = np.full((len(times), 8, 8, 3), level, np.uint8)
+            logits = np.eye(SMALL_WORLD.num_classes, dtype=np.float32)[[camera] * len(times)]
+            server.receive(Upload(camera, images, np.array(times), logits, 0.5, 0.0, 0.0), now=20.0)
+        return server
 
-    def upload(camera, level, times):
-        images = np.full((len(times), 8, 8, 3), level, np.uint8)
-        logits = np.eye(SMALL_WORLD.num_classes, dtype=np.float32)[[camera] * len(times)]
-        return server.receive(Upload(camera, images, np.array(times), logits, 0.5, 0.0, 0.0), now=20.0)
-
-    upload(2, 40, [-50.0])                      # dark, but older than the window
-    own = upload(0, 45, [14.0, 20.0])           # camera 0 at night
-    upload(1, 50, [12.0, 16.0, 18.0])           # camera 1 at night too, labelled next
-    upload(2, 210, [15.0, 19.0])                # camera 2 by day
-    job = Job(own, cfg.train_spec(epochs=1), since=-100.0, tau=100.0, borrow=2, borrow_window=60.0)
+    server = fleet_server(borrow=2, borrow_window=60.0)
+    own = Request(camera=0, cutoff=20.0, ready=server.stores[0].ready[0], est_accuracy=0.5,
+                  mix_shift=0.0, last_update=0.0)
+    job = Job(own, server.cfg.train_spec(epochs=1), since=-100.0, tau=100.0)
     # While only camera 0's labels are back, there is nothing to borrow.
     assert len(server.job_inputs(job, start=own.ready).labels) == 2
     inputs = server.job_inputs(job, start=30.0)
     assert inputs.labels.tolist() == [0, 0, 1, 1]          # its own samples, then camera 1's
-    assert inputs.images[2:].max() == 50                    # the two night frames, not the day ones
+    assert inputs.images[2:].max() == 50                    # two night frames, not the day ones
     np.testing.assert_allclose(inputs.weights, np.exp(-(20.0 - np.array([14.0, 20.0, 12.0, 16.0])) / 100.0))
-    no_borrow = server.job_inputs(Job(own, cfg.train_spec(epochs=1), since=-100.0), start=30.0)
-    assert no_borrow.labels.tolist() == [0, 0] and no_borrow.weights is None
+    assert fleet_server().job_inputs(job, start=30.0).labels.tolist() == [0, 0]   # off by default
+    with pytest.raises(ConfigError, match="borrow must be a whole number >= 0, got -1"):
+        SimConfig(borrow=-1)
 
 
 def test_same_seed_same_summary(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(strategies=["periodic", "edgesync"], seed=3)
+    cfg = tiny_cfg(strategies=["periodic", "edgesync"], seed=3, borrow=8)
     a = run_inline(cfg, out_dir=str(tmp_path / "a"), progress=False, log=lambda *_: None)
     b = run_inline(cfg, out_dir=str(tmp_path / "b"), progress=False, log=lambda *_: None)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "summary.parquet"),
