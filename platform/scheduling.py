@@ -104,9 +104,13 @@ class SampleStore:
         self.ready.append(ready)
 
     def select(self, since: float, until: float, ready_by: float = math.inf) -> Samples:
-        """Samples with ``since < t <= until`` whose labels were back by ``ready_by``."""
-        everything = Samples.concat([p for p, r in zip(self.parts, self.ready) if r <= ready_by])
-        return everything.subset((everything.times > since) & (everything.times <= until))
+        """Samples with ``since < t <= until`` whose labels were back by ``ready_by``
+        (only the uploads that overlap the span are joined: a job's cost stays
+        that of its window, not of the whole history)."""
+        overlapping = [p for p, r in zip(self.parts, self.ready) if r <= ready_by and len(p.times)
+                       and p.times.max() > since and p.times.min() <= until]
+        s = Samples.concat(overlapping)
+        return s.subset((s.times > since) & (s.times <= until))
 
     def newest(self, until: float) -> Samples:
         """The latest upload taken at or before stream time ``until``."""
