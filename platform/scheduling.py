@@ -65,14 +65,16 @@ class Job:
 
 class Samples(NamedTuple):
     """Teacher-labelled frames: the teacher's ``logits`` (N, K), their argmax
-    ``labels`` and its seed 2 ``attention`` (N, D; D = 0 unless the fleet
-    distils with genkd)."""
+    ``labels``, its seed 2 ``attention`` (N, D; D = 0 unless the fleet
+    distils with genkd) and each frame's :func:`condition_stats` (N, 6; N x 0
+    unless the fleet borrows samples across cameras)."""
 
     images: np.ndarray
     labels: np.ndarray
     times: np.ndarray
     logits: np.ndarray
     attention: np.ndarray
+    conditions: np.ndarray
 
     def subset(self, keep: np.ndarray) -> "Samples":
         return Samples(*(a[keep] for a in self))
@@ -83,7 +85,7 @@ class Samples(NamedTuple):
         parts = [p for p in parts if len(p.labels)]
         if not parts:
             return Samples(np.empty((0, 1, 1, 3), np.uint8), np.empty(0, np.int64), np.empty(0),
-                           np.empty((0, 0), np.float32), np.empty((0, 0), np.float32))
+                           *(np.empty((0, 0), np.float32) for _ in range(3)))
         return Samples(*(np.concatenate(column) for column in zip(*parts)))
 
 
@@ -96,11 +98,13 @@ class SampleStore:
     ready: list[float] = field(default_factory=list)
 
     def add(self, images: np.ndarray, logits: np.ndarray, times: np.ndarray,
-            attention: np.ndarray | None = None, ready: float = 0.0) -> None:
+            attention: np.ndarray | None = None, ready: float = 0.0,
+            conditions: np.ndarray | None = None) -> None:
         logits = np.asarray(logits, np.float32)
-        attention = np.empty((len(logits), 0), np.float32) if attention is None else attention
+        attention, conditions = (np.empty((len(logits), 0), np.float32) if a is None else np.asarray(a, np.float32)
+                                 for a in (attention, conditions))
         self.parts.append(Samples(images, logits.argmax(axis=1).astype(np.int64), times, logits,
-                                  np.asarray(attention, np.float32)))
+                                  attention, conditions))
         self.ready.append(ready)
 
     def select(self, since: float, until: float, ready_by: float = math.inf) -> Samples:
@@ -128,12 +132,11 @@ def condition_stats(images: np.ndarray) -> np.ndarray:
 
 
 def closest(pool: Samples, reference: np.ndarray, k: int) -> Samples:
-    """The ``k`` samples of ``pool`` closest in condition to the ``reference``
-    images' mean condition, in pool order."""
+    """The ``k`` samples of ``pool`` closest in condition to the mean of the
+    ``reference`` conditions (rows of :func:`condition_stats`), in pool order."""
     if k <= 0 or len(pool.labels) == 0 or len(reference) == 0:
         return pool.subset(np.zeros(len(pool.labels), bool))
-    target = condition_stats(reference).mean(axis=0)
-    distance = np.linalg.norm(condition_stats(pool.images) - target, axis=1)
+    distance = np.linalg.norm(pool.conditions - reference.mean(axis=0), axis=1)
     return pool.subset(np.sort(np.argsort(distance, kind="stable")[:k]))
 
 

@@ -23,7 +23,7 @@ from .distill.frames import FrameHead, GenKDTargets, teach
 from .drift import DriftDetector
 from .filters import Candidates, class_mix, mix_shift
 from .models import build_student, clone, count_params, predict
-from .scheduling import Job, Request, Samples, SampleStore, closest, share_gpu
+from .scheduling import Job, Request, Samples, SampleStore, closest, condition_stats, share_gpu
 from .strategies import Strategy, build_strategy
 from .training import FitResult, TrainSpec, fit, top_gradient_mask
 from .world import FrameSource
@@ -244,7 +244,10 @@ class Server:
         self.label_gpu_s += cost
         self.uploaded += len(up.images)
         self.teacher_free_at = max(self.teacher_free_at, now) + cost
-        self.stores[up.camera].add(up.images, up.logits, up.times, up.attention, ready=self.teacher_free_at)
+        # Each upload's conditions are computed once, here, not in every job that borrows it.
+        conditions = condition_stats(up.images) if self.cfg.borrow > 0 else None
+        self.stores[up.camera].add(up.images, up.logits, up.times, up.attention, ready=self.teacher_free_at,
+                                   conditions=conditions)
         return Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
                        est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
                        last_update=up.last_update)
@@ -294,7 +297,7 @@ class Server:
         the closest in condition to this camera's newest upload."""
         pool = Samples.concat([store.select(cutoff - self.cfg.borrow_window, cutoff, ready_by=start)
                                for j, store in enumerate(self.stores) if j != camera])
-        return closest(pool, self.stores[camera].newest(cutoff).images, self.cfg.borrow)
+        return closest(pool, self.stores[camera].newest(cutoff).conditions, self.cfg.borrow)
 
     def downlink_s(self, camera: int, fraction: float) -> float:
         return count_params(self.models[camera]) / 1e6 * fraction * self.cfg.costs.downlink_s_per_mparam

@@ -4,7 +4,7 @@ import pytest
 
 from driftlab.platform.config import EdgeSyncParams, SimConfig
 from driftlab.platform.filters import Candidates, class_mix, edgesync_filter, mix_shift, uniform_filter
-from driftlab.platform.scheduling import Request, Samples, SampleStore, closest, share_gpu
+from driftlab.platform.scheduling import Request, Samples, SampleStore, closest, condition_stats, share_gpu
 from driftlab.platform.strategies import Ekya, EdgeSync, Periodic, _extrapolate, build_strategy
 
 
@@ -135,8 +135,8 @@ def test_closest_borrows_the_samples_taken_in_the_reference_condition():
     levels = np.array([200, 40, 210, 50, 45, 220], np.uint8)     # bright (day) and dark (night)
     images = np.broadcast_to(levels[:, None, None, None], (6, 4, 4, 3)).copy()
     pool = Samples(images, np.arange(6), np.arange(6.0), np.zeros((6, 6), np.float32),
-                   np.zeros((6, 0), np.float32))
-    night = np.full((2, 4, 4, 3), 42, np.uint8)
+                   np.zeros((6, 0), np.float32), condition_stats(images))
+    night = condition_stats(np.full((2, 4, 4, 3), 42, np.uint8))
     assert closest(pool, night, 3).times.tolist() == [1.0, 3.0, 4.0]   # the dark ones, in pool order
     assert closest(pool, night, 10).times.tolist() == list(range(6))   # fewer than asked: all
     assert len(closest(pool, night, 0).labels) == 0
