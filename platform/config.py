@@ -132,6 +132,8 @@ class SimConfig:
             cameras that met a condition first teach the ones that meet it
             later. 0 (the default) trains on the camera's own samples only.
         borrow_window: how old a borrowed sample may be (seconds).
+        retrain_lr: Adam learning rate of every retraining job (and Ekya's
+            profiling runs).
         student: student architecture.
         teacher: teacher architecture.
         teacher_checkpoint: a checkpoint to use instead of the cached teacher.
@@ -157,6 +159,7 @@ class SimConfig:
     distill: str = "hinton"
     borrow: int = 0
     borrow_window: float = 120.0
+    retrain_lr: float = 1e-3
     student: str = "mobilenet_v3_small"
     teacher: str = "resnet18"
     teacher_checkpoint: str | None = None
@@ -170,7 +173,7 @@ class SimConfig:
 
     def __post_init__(self):
         _validate_positive(self, "cameras", "duration", "window", "tick", "server_gpus",
-                           "fixed_epochs", "warmup", "borrow_window")
+                           "fixed_epochs", "warmup", "borrow_window", "retrain_lr")
         if not isinstance(self.borrow, int) or isinstance(self.borrow, bool) or self.borrow < 0:
             raise ConfigError(f"borrow must be a whole number >= 0, got {self.borrow!r}")
         if self.scenario not in SCENARIOS:
@@ -201,7 +204,7 @@ class SimConfig:
     def train_spec(self, **kwargs: Any) -> TrainSpec:
         """A retraining (or profiling) job's :class:`TrainSpec` with the fleet's
         distillation setting; every strategy's jobs are made here."""
-        return TrainSpec(kd_weight=DISTILL_WEIGHTS[self.distill], **kwargs)
+        return TrainSpec(kd_weight=DISTILL_WEIGHTS[self.distill], lr=self.retrain_lr, **kwargs)
 
 
 def _validate_positive(cfg: Any, *names: str) -> None:

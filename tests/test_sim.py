@@ -61,11 +61,13 @@ def test_distillation_learns_the_teachers_logits_and_is_off_at_weight_zero():
     assert (preds == (data.labels + 1) % k).mean() > 0.8 > 0.2 > (preds == data.labels).mean()
 
 
-def test_distill_setting_reaches_every_job(tiny_cfg, tmp_path):
+def test_distill_and_learning_rate_settings_reach_every_job(tiny_cfg, tmp_path):
     runs, jobs = {}, {}
-    for distill in ("none", "hinton", "genkd"):
-        cfg = tiny_cfg(strategies=["periodic"], distill=distill)
-        assert cfg.train_spec(epochs=1).kd_weight == DISTILL_WEIGHTS[distill]
+    for distill in ("none", "hinton", "genkd", "fast"):
+        lr = 1e-2 if distill == "fast" else 1e-3
+        cfg = tiny_cfg(strategies=["periodic"], distill="hinton" if distill == "fast" else distill, retrain_lr=lr)
+        assert cfg.train_spec(epochs=1).kd_weight == DISTILL_WEIGHTS[cfg.distill]
+        assert cfg.train_spec(epochs=1).lr == lr
         run_inline(cfg, out_dir=str(tmp_path / distill), progress=False, log=lambda *_: None)
         runs[distill] = pd.read_parquet(tmp_path / distill / "frames.parquet")
         jobs[distill] = pd.read_parquet(tmp_path / distill / "jobs.parquet")
@@ -73,11 +75,14 @@ def test_distill_setting_reaches_every_job(tiny_cfg, tmp_path):
     assert runs["none"].label.equals(runs["hinton"].label) and runs["none"].label.equals(runs["genkd"].label)
     assert not runs["none"].pred.equals(runs["hinton"].pred)
     assert not runs["none"].pred.equals(runs["genkd"].pred)
+    assert runs["hinton"].label.equals(runs["fast"].label) and not runs["hinton"].pred.equals(runs["fast"].pred)
     # The same jobs, each genkd one charged its extra CVAE phase.
     assert len(jobs["genkd"]) == len(jobs["none"]) > 0
     np.testing.assert_allclose(jobs["genkd"].gpu_s, jobs["none"].gpu_s * cfg.costs.genkd_factor)
     with pytest.raises(ConfigError, match="unknown distill 'bogus'"):
         tiny_cfg(distill="bogus")
+    with pytest.raises(ConfigError, match="retrain_lr must be a positive number, got 0"):
+        tiny_cfg(retrain_lr=0)
 
 
 def test_a_job_borrows_labelled_samples_of_the_same_condition_from_other_cameras():
