@@ -78,7 +78,7 @@ def test_distill_and_learning_rate_settings_reach_every_job(tiny_cfg, tmp_path):
     assert runs["hinton"].label.equals(runs["fast"].label) and not runs["hinton"].pred.equals(runs["fast"].pred)
     # The same jobs, each genkd one charged its extra CVAE phase.
     assert len(jobs["genkd"]) == len(jobs["none"]) > 0
-    np.testing.assert_allclose(jobs["genkd"].gpu_s, jobs["none"].gpu_s * cfg.costs.genkd_factor)
+    np.testing.assert_allclose(jobs["genkd"].gpu_s, jobs["none"].gpu_s * tiny_cfg().costs.genkd_factor)
     with pytest.raises(ConfigError, match="unknown distill 'bogus'"):
         tiny_cfg(distill="bogus")
     with pytest.raises(ConfigError, match="retrain_lr must be a positive number, got 0"):
