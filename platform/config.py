@@ -75,6 +75,11 @@ class EdgeSyncParams:
         patience: early-stopping patience in epochs (0: off; with the short
             default jobs, holding out a validation split cost more than it saved).
         skip_accuracy: no job for a camera whose estimated accuracy is at least this.
+        home_distance: no job for a camera that still runs its initial model
+            while the mean condition of its frames stays within this distance
+            of its first upload's (the condition that model was fit to): it
+            has not drifted, and retraining it would cost accuracy there.
+            0 turns this off; so does the change-point trigger (``+cp``).
         w_drift: priority weight of the estimated accuracy gap.
         w_mix: priority weight of the shift in predicted class mix.
         w_stale: priority weight of time since the camera's last update (per window).
@@ -89,6 +94,7 @@ class EdgeSyncParams:
     max_epochs: int = 2
     patience: int = 0
     skip_accuracy: float = 0.92
+    home_distance: float = 0.06
     w_drift: float = 1.0
     w_mix: float = 0.5
     w_stale: float = 0.1

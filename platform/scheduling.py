@@ -28,6 +28,9 @@ class Request:
             labels on the uploaded frames, an estimate of its current accuracy.
         mix_shift: change of the camera's predicted class mix since the last request.
         last_update: when the camera last received new weights.
+        condition: mean :func:`condition_stats` of every frame the camera saw
+            since its last upload (its own summary of its scene; ``None``
+            where unknown).
     """
 
     camera: int
@@ -36,6 +39,7 @@ class Request:
     est_accuracy: float
     mix_shift: float
     last_update: float
+    condition: np.ndarray | None = None
 
 
 @dataclass

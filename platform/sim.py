@@ -62,7 +62,8 @@ class JobRecord:
 @dataclass
 class Upload:
     """Frames a camera's filter picked, with the teacher's logits for them
-    (and its attention, for genkd distillation)."""
+    (and its attention, for genkd distillation), and the mean condition of
+    every frame the camera saw since its last upload."""
 
     camera: int
     images: np.ndarray
@@ -72,6 +73,7 @@ class Upload:
     mix_shift: float
     last_update: float
     attention: np.ndarray | None = None
+    condition: np.ndarray | None = None
 
 
 @dataclass
@@ -201,7 +203,8 @@ class Camera:
         return Upload(self.index, images[picks], cands.times[picks], logits,
                       est_accuracy=float((cands.preds[picks] == labels).mean()),
                       mix_shift=mix_shift(class_mix(cands.preds, self.num_classes), cands.prev_mix),
-                      last_update=self.last_update, attention=taught.get("attention"))
+                      last_update=self.last_update, attention=taught.get("attention"),
+                      condition=condition_stats(images).mean(axis=0))
 
     def _take_candidates(self) -> tuple[np.ndarray, Candidates]:
         """Frames buffered since the last upload decision, and clear the buffer."""
@@ -250,7 +253,7 @@ class Server:
                                    conditions=conditions)
         return Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
                        est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
-                       last_update=up.last_update)
+                       last_update=up.last_update, condition=up.condition)
 
     # --- Profiler protocol (Ekya's micro-profiler) -----------------------------
     def num_samples(self, camera: int, since: float, until: float) -> int:

@@ -314,8 +314,14 @@ class EdgeSync(Strategy):
     time, whenever the GPUs free up, start the most urgent camera's job (priority
     from its estimated accuracy gap, the shift of its class mix and its
     staleness), merge a camera's stale requests into its newest, skip cameras
-    that are accurate enough, and size each job by online early stopping.
+    that are accurate enough or have not drifted from the condition their
+    initial model was fit to, and size each job by online early stopping.
     Samples are weighted by timeliness ``exp(-age / tau)``."""
+
+    def __init__(self, cfg: SimConfig):
+        super().__init__(cfg)
+        self.home: dict[int, np.ndarray] = {}  # each camera's first upload's condition
+        self.retrained: set[int] = set()
 
     def period(self) -> float:
         return _whole_ticks(self.cfg.edgesync.period, self.cfg.tick)
@@ -331,18 +337,34 @@ class EdgeSync(Strategy):
         return (p.w_drift * (1.0 - r.est_accuracy) + p.w_mix * r.mix_shift
                 + p.w_stale * (now - r.last_update) / self.cfg.window)
 
+    def submit(self, request: Request) -> None:
+        if request.condition is not None:
+            self.home.setdefault(request.camera, request.condition)
+        super().submit(request)
+
+    def at_home(self, r: Request) -> bool:
+        """Whether camera ``r.camera`` still runs its initial model in the
+        condition that model was fit to (its first upload's, within
+        ``home_distance``): it has not drifted, and retraining it there costs
+        accuracy. Off under the change-point trigger, whose first upload comes
+        after a change and which decides itself when a camera has drifted."""
+        d = self.cfg.edgesync.home_distance
+        return (d > 0 and not self.changepoint and r.camera not in self.retrained and r.condition is not None
+                and float(np.linalg.norm(r.condition - self.home[r.camera])) < d)
+
     def next_batch(self, now: float, server: Profiler) -> list[Job]:
         p = self.cfg.edgesync
         ready = self._ready(now)
         latest = _latest_per_camera(ready)
         for cam, r in list(latest.items()):
-            if r.est_accuracy >= p.skip_accuracy:
+            if r.est_accuracy >= p.skip_accuracy or self.at_home(r):
                 self._take([q for q in ready if q.camera == cam])
                 del latest[cam]
         if not latest:
             return []
         best = max(latest.values(), key=lambda r: (self.priority(r, now), -r.camera))
         self._take([q for q in ready if q.camera == best.camera])
+        self.retrained.add(best.camera)
         spec = self.cfg.train_spec(epochs=p.max_epochs, patience=p.patience, seed=_job_seed(self.cfg, best))
         return [Job(best, spec, since=best.cutoff - p.horizon, tau=p.tau)]
 

@@ -44,8 +44,8 @@ def test_class_mix_shift():
     assert mix_shift(class_mix(np.array([0, 0]), 4), class_mix(np.array([3, 3]), 4)) == 1
 
 
-def req(cam, cutoff=60.0, acc=0.5, mix=0.0, last=0.0, ready=None):
-    return Request(cam, cutoff, cutoff if ready is None else ready, acc, mix, last)
+def req(cam, cutoff=60.0, acc=0.5, mix=0.0, last=0.0, ready=None, condition=None):
+    return Request(cam, cutoff, cutoff if ready is None else ready, acc, mix, last, condition)
 
 
 class NoProfiler:
@@ -78,6 +78,24 @@ def test_edgesync_orders_by_priority_skips_accurate_and_merges_stale():
     jobs = s.next_batch(120.0, NoProfiler())
     assert [j.request.camera for j in jobs] == [0]
     assert s.pending == [] and s.next_batch(120.0, NoProfiler()) == []
+
+
+def test_edgesync_leaves_a_camera_alone_until_it_drifts_from_its_first_condition():
+    day = np.full(6, 0.5)
+    s = EdgeSync(SimConfig())
+    s.submit(req(0, 20, condition=day))            # the condition its initial model was fit to
+    s.submit(req(1, 20, condition=day))
+    assert s.next_batch(20.0, NoProfiler()) == [] and s.pending == []
+    s.submit(req(0, 40, condition=day + 0.02))     # within home_distance (0.06): still at home
+    s.submit(req(1, 40, condition=day - 0.1))      # dusk: drifted
+    assert [j.request.camera for j in s.next_batch(40.0, NoProfiler())] == [1]
+    assert s.pending == []
+    s.submit(req(1, 60, condition=day))            # back in the day, but its model was retrained
+    assert [j.request.camera for j in s.next_batch(60.0, NoProfiler())] == [1]
+    for off in (EdgeSync(SimConfig(edgesync=EdgeSyncParams(home_distance=0.0))),
+                build_strategy("edgesync+cp", SimConfig())):   # its first upload comes after a change
+        off.submit(req(0, 20, condition=day))
+        assert [j.request.camera for j in off.next_batch(20.0, NoProfiler())] == [0]
 
 
 def test_edgesync_staleness_raises_priority():

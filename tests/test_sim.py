@@ -8,11 +8,11 @@ from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig
 from driftlab.platform.metrics import format_seed_table, over_seeds
 from driftlab.platform.models import build_student, clone, predict
 from driftlab.platform.runner import run_inline
-from driftlab.platform.scheduling import Job, Request
-from driftlab.platform.sim import Server, Upload
-from driftlab.platform.strategies import STRATEGIES
+from driftlab.platform.scheduling import Job, Request, condition_stats
+from driftlab.platform.sim import Camera, Server, Upload
+from driftlab.platform.strategies import STRATEGIES, build_strategy
 from driftlab.platform.training import TrainSpec, fit, top_gradient_mask
-from driftlab.platform.world import render_condition_set
+from driftlab.platform.world import CameraStream, get_scenario, render_condition_set
 
 from conftest import SMALL_WORLD
 
@@ -111,6 +111,22 @@ def test_a_job_borrows_labelled_samples_of_the_same_condition_from_other_cameras
     assert fleet_server().job_inputs(job, start=30.0).labels.tolist() == [0, 0]   # off by default
     with pytest.raises(ConfigError, match="borrow must be a whole number >= 0, got -1"):
         SimConfig(borrow=-1)
+
+
+def test_a_camera_reports_the_condition_of_every_frame_since_its_last_upload():
+    cfg = SimConfig(world=SMALL_WORLD, cameras=1, duration=60.0)
+    source = CameraStream(cfg.world, get_scenario(cfg.scenario), 0, 1, cfg.seed, cfg.duration)
+    student = build_student(cfg.student, SMALL_WORLD.num_classes)
+    camera = Camera(0, source, student, SMALL_WORLD.num_classes)
+    camera.run(20.0)
+    k = SMALL_WORLD.num_classes
+    up = camera.upload(build_strategy("edgesync", cfg), 20.0,
+                       lambda x: {"logits": np.eye(k, dtype=np.float32)[np.zeros(len(x), int)]})
+    seen = source.frames(0, int(round(20.0 * source.fps))).images
+    assert 0 < len(up.images) < len(seen)                  # it uploads a few frames ...
+    np.testing.assert_allclose(up.condition, condition_stats(seen).mean(axis=0), rtol=1e-5)  # ... of all it saw
+    request = Server(cfg, [student]).receive(up, now=20.0)
+    np.testing.assert_array_equal(request.condition, up.condition)
 
 
 def test_same_seed_same_summary(tiny_cfg, tmp_path):
