@@ -62,8 +62,9 @@ class JobRecord:
 @dataclass
 class Upload:
     """Frames a camera's filter picked, with the teacher's logits for them
-    (and its attention, for genkd distillation), and the mean condition of
-    every frame the camera saw since its last upload."""
+    (and its attention, for genkd distillation), and, for a manager that
+    reads it, the mean condition of every frame the camera saw since its last
+    upload (12 ms per 40 frames at 64 px, 170 ms at 256 px: only when read)."""
 
     camera: int
     images: np.ndarray
@@ -204,7 +205,7 @@ class Camera:
                       est_accuracy=float((cands.preds[picks] == labels).mean()),
                       mix_shift=mix_shift(class_mix(cands.preds, self.num_classes), cands.prev_mix),
                       last_update=self.last_update, attention=taught.get("attention"),
-                      condition=condition_stats(images).mean(axis=0))
+                      condition=condition_stats(images).mean(axis=0) if strategy.reads_condition() else None)
 
     def _take_candidates(self) -> tuple[np.ndarray, Candidates]:
         """Frames buffered since the last upload decision, and clear the buffer."""

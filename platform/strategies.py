@@ -90,6 +90,11 @@ class Strategy:
         """A camera's detector under the change-point trigger, else ``None``."""
         return DriftDetector(self.cfg.changepoint) if self.changepoint else None
 
+    def reads_condition(self) -> bool:
+        """Whether the manager reads ``Request.condition``, the scene summary a
+        camera then computes over every frame of each period."""
+        return False
+
     def budget(self, camera: int, num_frames: int) -> int:
         return int(round(self.cfg.upload_fraction * num_frames))
 
@@ -342,15 +347,17 @@ class EdgeSync(Strategy):
             self.home.setdefault(request.camera, request.condition)
         super().submit(request)
 
+    def reads_condition(self) -> bool:
+        """For ``home_distance``; off under the change-point trigger, whose first
+        upload comes after a change and which decides itself when a camera has drifted."""
+        return self.cfg.edgesync.home_distance > 0 and not self.changepoint
+
     def at_home(self, r: Request) -> bool:
         """Whether camera ``r.camera`` still runs its initial model in the
         condition that model was fit to (its first upload's, within
-        ``home_distance``): it has not drifted, and retraining it there costs
-        accuracy. Off under the change-point trigger, whose first upload comes
-        after a change and which decides itself when a camera has drifted."""
-        d = self.cfg.edgesync.home_distance
-        return (d > 0 and not self.changepoint and r.camera not in self.retrained and r.condition is not None
-                and float(np.linalg.norm(r.condition - self.home[r.camera])) < d)
+        ``home_distance``): it has not drifted, and retraining it there costs accuracy."""
+        return (self.reads_condition() and r.camera not in self.retrained and r.condition is not None
+                and float(np.linalg.norm(r.condition - self.home[r.camera])) < self.cfg.edgesync.home_distance)
 
     def next_batch(self, now: float, server: Profiler) -> list[Job]:
         p = self.cfg.edgesync

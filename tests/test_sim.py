@@ -127,6 +127,9 @@ def test_a_camera_reports_the_condition_of_every_frame_since_its_last_upload():
     np.testing.assert_allclose(up.condition, condition_stats(seen).mean(axis=0), rtol=1e-5)  # ... of all it saw
     request = Server(cfg, [student]).receive(up, now=20.0)
     np.testing.assert_array_equal(request.condition, up.condition)
+    camera.run(40.0)   # a manager that does not read it gets none
+    assert camera.upload(build_strategy("ams", cfg), 40.0,
+                         lambda x: {"logits": np.eye(k, dtype=np.float32)[np.zeros(len(x), int)]}).condition is None
 
 
 def test_same_seed_same_summary(tiny_cfg, tmp_path):
