@@ -119,17 +119,17 @@ def test_a_camera_reports_the_condition_of_every_frame_since_its_last_upload():
     student = build_student(cfg.student, SMALL_WORLD.num_classes)
     camera = Camera(0, source, student, SMALL_WORLD.num_classes)
     camera.run(20.0)
-    k = SMALL_WORLD.num_classes
-    up = camera.upload(build_strategy("edgesync", cfg), 20.0,
-                       lambda x: {"logits": np.eye(k, dtype=np.float32)[np.zeros(len(x), int)]})
+    def teach(x):
+        return {"logits": np.eye(SMALL_WORLD.num_classes, dtype=np.float32)[np.zeros(len(x), int)]}
+
+    up = camera.upload(build_strategy("edgesync", cfg), 20.0, teach)
     seen = source.frames(0, int(round(20.0 * source.fps))).images
     assert 0 < len(up.images) < len(seen)                  # it uploads a few frames ...
     np.testing.assert_allclose(up.condition, condition_stats(seen).mean(axis=0), rtol=1e-5)  # ... of all it saw
     request = Server(cfg, [student]).receive(up, now=20.0)
     np.testing.assert_array_equal(request.condition, up.condition)
     camera.run(40.0)   # a manager that does not read it gets none
-    assert camera.upload(build_strategy("ams", cfg), 40.0,
-                         lambda x: {"logits": np.eye(k, dtype=np.float32)[np.zeros(len(x), int)]}).condition is None
+    assert camera.upload(build_strategy("ams", cfg), 40.0, teach).condition is None
 
 
 def test_same_seed_same_summary(tiny_cfg, tmp_path):
