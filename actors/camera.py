@@ -70,7 +70,8 @@ class CameraActor:
         model.load_state_dict(self.student_state)
         self.strategy = build_strategy(strategy, self.cfg)
         self.camera = Camera(self.index, self.source, model.to(self.device).eval(),
-                             self.cfg.world.num_classes, detector=self.strategy.drift_detector())
+                             self.cfg.world.num_classes, detector=self.strategy.drift_detector(),
+                             recalibrate=self.strategy.recalibration())
 
     def _deploy(self, t: float, version: int, state: dict) -> None:
         self.camera.deploy_at(t, version, state)

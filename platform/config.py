@@ -80,6 +80,12 @@ class EdgeSyncParams:
             of its first upload's (the condition that model was fit to): it
             has not drifted, and retraining it would cost accuracy there.
             0 turns this off; so does the change-point trigger (``+cp``).
+        bn_layers: each camera refits the statistics of its model's first
+            ``bn_layers`` BatchNorm layers to its own latest frames after every
+            tick and every new model, so the model fits the current stream
+            between retraining jobs; not while it runs its initial model
+            within ``home_distance`` of the condition it started in (0: off).
+        bn_window: seconds of the latest frames those statistics come from.
         w_drift: priority weight of the estimated accuracy gap.
         w_mix: priority weight of the shift in predicted class mix.
         w_stale: priority weight of time since the camera's last update (per window).
@@ -95,12 +101,16 @@ class EdgeSyncParams:
     patience: int = 0
     skip_accuracy: float = 0.92
     home_distance: float = 0.06
+    bn_layers: int = 9
+    bn_window: float = 60.0
     w_drift: float = 1.0
     w_mix: float = 0.5
     w_stale: float = 0.1
 
     def __post_init__(self):
-        _validate_positive(self, "period", "tau", "horizon", "max_epochs")
+        _validate_positive(self, "period", "tau", "horizon", "max_epochs", "bn_window")
+        if not isinstance(self.bn_layers, int) or isinstance(self.bn_layers, bool):
+            raise ConfigError(f"bn_layers must be a whole number >= 0, got {self.bn_layers!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if v < 0:

@@ -6,6 +6,7 @@ trained on every condition of the world. Weights never come from a hub.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -15,7 +16,7 @@ from torchvision import models as tvm
 
 __all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "logits", "predict",
            "from_logits", "embed", "default_device", "state_to_numpy", "numpy_to_state", "count_params",
-           "clone"]
+           "clone", "Recalibration", "recalibrate_bn"]
 
 STUDENTS: dict[str, Callable[[int], nn.Module]] = {
     "mobilenet_v3_small": lambda k: tvm.mobilenet_v3_small(num_classes=k),
@@ -140,3 +141,65 @@ def count_params(model: nn.Module) -> int:
 
 def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """How a camera refits its model's shallow BatchNorm statistics to its own
+    frames (:func:`recalibrate_bn`).
+
+    Attributes:
+        layers: the first this many BatchNorm layers (0: never).
+        window: from the camera's last this many seconds of frames.
+        home_distance: not while the camera still runs its initial model and
+            the mean condition of those frames stays within this distance of
+            the mean of all the frames it saw before (the model's own
+            statistics fit that condition best); 0: always.
+    """
+
+    layers: int = 0
+    window: float = 0.0
+    home_distance: float = 0.0
+
+
+class _Reached(Exception):
+    """Raised by a hook once the forward pass has gone as deep as it needs."""
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: np.ndarray, layers: int) -> None:
+    """Set the statistics of ``model``'s first ``layers`` BatchNorm layers to
+    those of ``images`` (AdaBN on the shallow layers only).
+
+    Light, weather, noise and colour cast move low-level statistics that the
+    first layers normalise; they say nothing about the class, so the camera
+    can refit them from its own unlabelled frames. Deeper layers are left
+    alone: a few seconds of video hold only a few objects, and their
+    statistics there would normalise the class away. The forward pass stops
+    once every chosen layer has run."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)][:layers]
+    if not norms or len(images) < 2:
+        return
+    device = next(model.parameters()).device
+    seen: set[int] = set()
+
+    def reached(module: nn.Module, *_) -> None:
+        seen.add(id(module))
+        if len(seen) == len(norms):
+            raise _Reached
+
+    saved = [m.momentum for m in norms]
+    model.eval()
+    hooks = [m.register_forward_hook(reached) for m in norms]
+    for m in norms:
+        m.train()
+        m.momentum = 1.0  # the running statistics become this batch's
+    try:
+        model(to_tensor(images, device))
+    except _Reached:
+        pass
+    finally:
+        for m, hook, momentum in zip(norms, hooks, saved):
+            hook.remove()
+            m.momentum = momentum
+        model.eval()

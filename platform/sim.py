@@ -22,7 +22,7 @@ from .config import SimConfig
 from .distill.frames import FrameHead, GenKDTargets, teach
 from .drift import DriftDetector
 from .filters import Candidates, class_mix, mix_shift
-from .models import build_student, clone, count_params, predict
+from .models import Recalibration, build_student, clone, count_params, predict, recalibrate_bn
 from .scheduling import Job, Request, Samples, SampleStore, closest, condition_stats, share_gpu
 from .strategies import Strategy, build_strategy
 from .training import FitResult, TrainSpec, fit, top_gradient_mask
@@ -125,13 +125,21 @@ class Camera:
     """An edge camera: plays its stream, infers every frame with its current
     student, buffers frames for the filter, and swaps in new weights at the
     exact stream time they arrive. With a drift ``detector`` (the change-point
-    trigger) it uploads only when the detector asks for it."""
+    trigger) it uploads only when the detector asks for it. With a
+    :class:`~driftlab.platform.models.Recalibration` it refits its model's
+    shallow BatchNorm statistics to its latest frames after every tick and
+    every new model, once it has left the condition its initial model fits."""
 
     def __init__(self, index: int, source: FrameSource, student: nn.Module, num_classes: int,
-                 batch_size: int = 256, detector: DriftDetector | None = None):
+                 batch_size: int = 256, detector: DriftDetector | None = None,
+                 recalibrate: Recalibration = Recalibration()):
         self.index, self.source, self.model = index, source, student
         self.num_classes, self.batch_size = num_classes, batch_size
         self.detector = detector
+        self.recalibrate = recalibrate
+        self._recent: list[tuple[np.ndarray, np.ndarray]] = []  # (times, images) for recalibration
+        self._home: tuple[np.ndarray | None, int] = (None, 0)  # sum, count of conditions at home
+        self._left_home = False
         self.version = 0
         self.last_update = 0.0
         self.last_upload = 0.0
@@ -167,6 +175,10 @@ class Camera:
         self._buf.append((batch.images, batch.times, preds, confs))
         if self.detector is not None:
             self.detector.observe(batch.times, batch.images, confs, until)
+        if self.recalibrate.layers > 0:
+            self._recent = [b for b in self._recent + [(batch.times, batch.images)]
+                            if len(b[0]) and b[0][-1] >= until - self.recalibrate.window]
+            self._refit()
         return FrameLog(self.index, batch.times, batch.labels, preds, confs, versions,
                         self.source.drifted(batch.times))
 
@@ -175,6 +187,32 @@ class Camera:
         self.model.load_state_dict(state)
         self.model.eval()
         self.version, self.last_update = version, t
+        self._refit()
+
+    def _refit(self) -> None:
+        """Fit the model's shallow BatchNorm statistics to the recent frames,
+        once the camera has left home (see :class:`Recalibration`)."""
+        if self.recalibrate.layers == 0 or not self._recent:
+            return
+        images = np.concatenate([b[1] for b in self._recent])
+        if not self._left_home and self._at_home(images):
+            return
+        self._left_home = True
+        recalibrate_bn(self.model, images, self.recalibrate.layers)
+
+    def _at_home(self, images: np.ndarray) -> bool:
+        """Whether the camera still runs its initial model and the mean
+        condition of ``images`` is within ``home_distance`` of all it saw
+        before; the latest tick's frames then join that reference."""
+        if self.recalibrate.home_distance <= 0 or self.version > 0:
+            return False
+        total, count = self._home
+        if count and np.linalg.norm(condition_stats(images).mean(axis=0) - total / count) \
+                >= self.recalibrate.home_distance:
+            return False
+        latest = condition_stats(self._recent[-1][1])
+        self._home = latest.sum(axis=0) + (total if count else 0.0), count + len(latest)
+        return True
 
     def upload(self, strategy: Strategy, now: float, teach: Callable[[np.ndarray], dict],
                ) -> Upload | None:
@@ -394,7 +432,8 @@ class Simulation:
         self.cfg, self.fleet = cfg, fleet
         self.strategy = build_strategy(name, cfg)
         self.cameras = [Camera(i, src, clone(s), cfg.world.num_classes,
-                               detector=self.strategy.drift_detector())
+                               detector=self.strategy.drift_detector(),
+                               recalibrate=self.strategy.recalibration())
                         for i, (src, s) in enumerate(zip(fleet.sources, fleet.students))]
         self.server = Server(cfg, fleet.students, fleet.device, fleet.teacher_cvae)
 

@@ -20,6 +20,7 @@ import numpy as np
 from .config import SimConfig
 from .drift import DriftDetector
 from .filters import Candidates, edgesync_filter, uniform_filter
+from .models import Recalibration
 from .scheduling import Job, Request
 
 __all__ = ["Strategy", "STRATEGIES", "register_strategy", "build_strategy", "check_strategy",
@@ -89,6 +90,11 @@ class Strategy:
     def drift_detector(self) -> DriftDetector | None:
         """A camera's detector under the change-point trigger, else ``None``."""
         return DriftDetector(self.cfg.changepoint) if self.changepoint else None
+
+    def recalibration(self) -> Recalibration:
+        """How each camera refits its model's shallow BatchNorm statistics to
+        its own frames (by default, never)."""
+        return Recalibration()
 
     def reads_condition(self) -> bool:
         """Whether the manager reads ``Request.condition``, the scene summary a
@@ -321,7 +327,9 @@ class EdgeSync(Strategy):
     staleness), merge a camera's stale requests into its newest, skip cameras
     that are accurate enough or have not drifted from the condition their
     initial model was fit to, and size each job by online early stopping.
-    Samples are weighted by timeliness ``exp(-age / tau)``."""
+    Samples are weighted by timeliness ``exp(-age / tau)``. Cameras refit
+    their model's shallow BatchNorm statistics to their latest frames
+    (``bn_layers``, ``bn_window``) once they have drifted."""
 
     def __init__(self, cfg: SimConfig):
         super().__init__(cfg)
@@ -346,6 +354,10 @@ class EdgeSync(Strategy):
         if request.condition is not None:
             self.home.setdefault(request.camera, request.condition)
         super().submit(request)
+
+    def recalibration(self) -> Recalibration:
+        p = self.cfg.edgesync
+        return Recalibration(p.bn_layers, p.bn_window, 0.0 if self.changepoint else p.home_distance)
 
     def reads_condition(self) -> bool:
         """For ``home_distance``; off under the change-point trigger, whose first

@@ -52,7 +52,9 @@ def test_malformed_config_file(tmp_path):
     assert out.returncode == 2 and "costs: genkd_factor must be a number >= 0, got -1" in out.stderr
     for text, message in [("edgesync:\n  w_stale: -0.5\n", "edgesync: w_stale must be >= 0, got -0.5"),
                           ("edgesync:\n  horizon: 0\n", "edgesync: horizon must be a positive number"),
-                          ("borrow: 2.5\n", "borrow must be a whole number >= 0, got 2.5")]:
+                          ("borrow: 2.5\n", "borrow must be a whole number >= 0, got 2.5"),
+                          ("edgesync:\n  bn_layers: 2.5\n",
+                           "edgesync: bn_layers must be a whole number >= 0, got 2.5")]:
         typed.write_text(text)
         out = run("--config", str(typed))
         assert out.returncode == 2 and message in out.stderr, out.stderr

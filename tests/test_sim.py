@@ -6,7 +6,7 @@ import torch
 
 from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig
 from driftlab.platform.metrics import format_seed_table, over_seeds
-from driftlab.platform.models import build_student, clone, predict
+from driftlab.platform.models import Recalibration, build_student, clone, predict, recalibrate_bn, to_tensor
 from driftlab.platform.runner import run_inline
 from driftlab.platform.scheduling import Job, Request, condition_stats
 from driftlab.platform.sim import Camera, Server, Upload
@@ -130,6 +130,58 @@ def test_a_camera_reports_the_condition_of_every_frame_since_its_last_upload():
     np.testing.assert_array_equal(request.condition, up.condition)
     camera.run(40.0)   # a manager that does not read it gets none
     assert camera.upload(build_strategy("ams", cfg), 40.0, teach).condition is None
+
+
+def _norms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_recalibration_refits_only_the_shallow_batchnorm_statistics():
+    model = build_student("mobilenet_v3_small", SMALL_WORLD.num_classes)
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in _norms(model)]
+    dark = np.random.default_rng(0).integers(0, 40, size=(16, 32, 32, 3), dtype=np.uint8)
+    recalibrate_bn(model, dark, 3)
+    stem = model.features[0]   # conv, BatchNorm, activation
+    with torch.no_grad():
+        z = stem[0](to_tensor(dark))
+    torch.testing.assert_close(stem[1].running_mean, z.mean(dim=(0, 2, 3)))   # the frames' statistics
+    torch.testing.assert_close(stem[1].running_var, z.var(dim=(0, 2, 3)))
+    norms = _norms(model)
+    assert all(not torch.equal(m.running_mean, b[0]) for m, b in zip(norms[:3], before))
+    assert all(torch.equal(m.running_mean, b[0]) and torch.equal(m.running_var, b[1])
+               for m, b in zip(norms[3:], before[3:]))                    # deeper layers untouched
+    assert not model.training and all(m.momentum == 0.1 for m in norms)
+
+
+def test_a_camera_refits_its_shallow_statistics_once_it_leaves_home():
+    cfg = SimConfig(world=SMALL_WORLD, cameras=1, duration=200.0)   # dusk from 44 s
+    source = CameraStream(cfg.world, get_scenario("day_night"), 0, 1, cfg.seed, cfg.duration)
+    student = build_student(cfg.student, SMALL_WORLD.num_classes)
+    initial = [m.running_mean.clone() for m in _norms(student)]
+    camera = Camera(0, source, clone(student), SMALL_WORLD.num_classes,
+                    recalibrate=Recalibration(layers=3, window=20.0, home_distance=0.06))
+    for t in (10.0, 20.0, 30.0, 40.0):   # in the day its initial model was fit to: untouched
+        camera.run(t)
+        assert all(torch.equal(m.running_mean, b) for m, b in zip(_norms(camera.model), initial))
+    for t in (50.0, 60.0, 70.0, 80.0):
+        camera.run(t)
+    expected = clone(student)                                     # in the dusk: the last 20 s
+    recalibrate_bn(expected, source.frames(120, 160).images, 3)
+    for m, e in zip(_norms(camera.model), _norms(expected)):
+        torch.testing.assert_close(m.running_mean, e.running_mean)
+    assert not torch.equal(_norms(camera.model)[0].running_mean, initial[0])
+    camera.deploy_at(85.0, 1, student.state_dict())               # a new model is refitted too
+    camera.run(90.0)
+    expected = clone(student)
+    recalibrate_bn(expected, source.frames(140, 180).images, 3)
+    assert camera.version == 1
+    torch.testing.assert_close(_norms(camera.model)[0].running_mean, _norms(expected)[0].running_mean)
+    always = Camera(0, source, clone(student), SMALL_WORLD.num_classes,
+                    recalibrate=Recalibration(layers=3, window=20.0))   # no home: from the first tick
+    always.run(10.0)
+    assert not torch.equal(_norms(always.model)[0].running_mean, initial[0])
+    assert build_strategy("ams", cfg).recalibration().layers == 0      # baselines never refit
+    assert build_strategy("edgesync+cp", cfg).recalibration().home_distance == 0
 
 
 def test_same_seed_same_summary(tiny_cfg, tmp_path):
