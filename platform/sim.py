@@ -137,7 +137,8 @@ class Camera:
         self.num_classes, self.batch_size = num_classes, batch_size
         self.detector = detector
         self.recalibrate = recalibrate
-        self._recent: list[tuple[np.ndarray, np.ndarray]] = []  # (times, images) for recalibration
+        # (times, images, their conditions while the home check needs them) for recalibration
+        self._recent: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._home: tuple[np.ndarray | None, int] = (None, 0)  # sum, count of conditions at home
         self._left_home = False
         self.version = 0
@@ -176,7 +177,8 @@ class Camera:
         if self.detector is not None:
             self.detector.observe(batch.times, batch.images, confs, until)
         if self.recalibrate.layers > 0:
-            self._recent = [b for b in self._recent + [(batch.times, batch.images)]
+            conditions = condition_stats(batch.images) if self._watching_home() and n else None
+            self._recent = [b for b in self._recent + [(batch.times, batch.images, conditions)]
                             if len(b[0]) and b[0][-1] >= until - self.recalibrate.window]
             self._refit()
         return FrameLog(self.index, batch.times, batch.labels, preds, confs, versions,
@@ -194,23 +196,28 @@ class Camera:
         once the camera has left home (see :class:`Recalibration`)."""
         if self.recalibrate.layers == 0 or not self._recent:
             return
-        images = np.concatenate([b[1] for b in self._recent])
-        if not self._left_home and self._at_home(images):
+        if self._at_home():
             return
         self._left_home = True
-        recalibrate_bn(self.model, images, self.recalibrate.layers)
+        recalibrate_bn(self.model, np.concatenate([b[1] for b in self._recent]), self.recalibrate.layers)
 
-    def _at_home(self, images: np.ndarray) -> bool:
-        """Whether the camera still runs its initial model and the mean
-        condition of ``images`` is within ``home_distance`` of all it saw
-        before; the latest tick's frames then join that reference."""
-        if self.recalibrate.home_distance <= 0 or self.version > 0:
+    def _watching_home(self) -> bool:
+        """Whether the camera may still be at home: it runs its initial model
+        and has not left the condition it started in."""
+        return self.recalibrate.home_distance > 0 and self.version == 0 and not self._left_home
+
+    def _at_home(self) -> bool:
+        """Whether the mean condition of the recent frames is within
+        ``home_distance`` of all the camera saw before; the latest tick's
+        frames then join that reference. Each frame's condition is computed
+        once, in :meth:`run`."""
+        if not self._watching_home():
             return False
         total, count = self._home
-        if count and np.linalg.norm(condition_stats(images).mean(axis=0) - total / count) \
-                >= self.recalibrate.home_distance:
+        recent = np.concatenate([b[2] for b in self._recent])
+        if count and np.linalg.norm(recent.mean(axis=0) - total / count) >= self.recalibrate.home_distance:
             return False
-        latest = condition_stats(self._recent[-1][1])
+        latest = self._recent[-1][2]
         self._home = latest.sum(axis=0) + (total if count else 0.0), count + len(latest)
         return True
 
