@@ -74,7 +74,9 @@ class EdgeSyncParams:
         max_epochs: the most epochs a job may run.
         patience: early-stopping patience in epochs (0: off; with the short
             default jobs, holding out a validation split cost more than it saved).
-        skip_accuracy: no job for a camera whose estimated accuracy is at least this.
+        skip_accuracy: no job for a camera whose estimated accuracy is at least
+            this (the estimate moves in steps of one upload's frames: with 8,
+            0.92 skips only when all 8 agree; above 1 never skips).
         home_distance: no job for a camera that still runs its initial model
             while the mean condition of its frames stays within this distance
             of its first upload's (the condition that model was fit to): it

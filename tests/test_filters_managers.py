@@ -78,6 +78,9 @@ def test_edgesync_orders_by_priority_skips_accurate_and_merges_stale():
     jobs = s.next_batch(120.0, NoProfiler())
     assert [j.request.camera for j in jobs] == [0]
     assert s.pending == [] and s.next_batch(120.0, NoProfiler()) == []
+    never = EdgeSync(SimConfig(edgesync=EdgeSyncParams(skip_accuracy=1.01)))
+    never.submit(req(2, 120, acc=1.0))  # all of an upload agreeing still gets a job
+    assert [j.request.camera for j in never.next_batch(120.0, NoProfiler())] == [2]
 
 
 def test_edgesync_leaves_a_camera_alone_until_it_drifts_from_its_first_condition():
