@@ -196,9 +196,14 @@ class Camera:
         once the camera has left home (see :class:`Recalibration`)."""
         if self.recalibrate.layers == 0 or not self._recent:
             return
-        if self._at_home():
-            return
-        self._left_home = True
+        if self._watching_home():
+            if self._at_home():
+                # The latest tick's frames join the reference of what home looks like.
+                total, count = self._home
+                latest = self._recent[-1][2]
+                self._home = latest.sum(axis=0) + (total if count else 0.0), count + len(latest)
+                return
+            self._left_home = True
         recalibrate_bn(self.model, np.concatenate([b[1] for b in self._recent]), self.recalibrate.layers)
 
     def _watching_home(self) -> bool:
@@ -208,18 +213,11 @@ class Camera:
 
     def _at_home(self) -> bool:
         """Whether the mean condition of the recent frames is within
-        ``home_distance`` of all the camera saw before; the latest tick's
-        frames then join that reference. Each frame's condition is computed
-        once, in :meth:`run`."""
-        if not self._watching_home():
-            return False
+        ``home_distance`` of all the camera saw at home before them (each
+        frame's condition is computed once, in :meth:`run`)."""
         total, count = self._home
         recent = np.concatenate([b[2] for b in self._recent])
-        if count and np.linalg.norm(recent.mean(axis=0) - total / count) >= self.recalibrate.home_distance:
-            return False
-        latest = self._recent[-1][2]
-        self._home = latest.sum(axis=0) + (total if count else 0.0), count + len(latest)
-        return True
+        return not count or np.linalg.norm(recent.mean(axis=0) - total / count) < self.recalibrate.home_distance
 
     def upload(self, strategy: Strategy, now: float, teach: Callable[[np.ndarray], dict],
                ) -> Upload | None:
