@@ -155,11 +155,19 @@ class Recalibration:
             the mean condition of those frames stays within this distance of
             the mean of all the frames it saw before (the model's own
             statistics fit that condition best); 0: always.
+        max_window: the window reaches back further, ``window`` seconds at a
+            time up to this many, while each earlier block's mean condition
+            is within ``same_distance`` of the last window's: a settled scene
+            gets quiet statistics from many frames, a changing one fresh
+            statistics from few (at most ``window``: never).
+        same_distance: how close two mean conditions are to count as one.
     """
 
     layers: int = 0
     window: float = 0.0
     home_distance: float = 0.0
+    max_window: float = 0.0
+    same_distance: float = 0.0
 
 
 class _Reached(Exception):

@@ -137,10 +137,11 @@ class Camera:
         self.num_classes, self.batch_size = num_classes, batch_size
         self.detector = detector
         self.recalibrate = recalibrate
-        # (times, images, their conditions while the home check needs them) for recalibration
+        # (times, images, their conditions when the home check or the window's reach needs them) for recalibration
         self._recent: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._home: tuple[np.ndarray | None, int] = (None, 0)  # sum, count of conditions at home
         self._left_home = False
+        self._until = 0.0  # the stream time the recent frames reach
         self.version = 0
         self.last_update = 0.0
         self.last_upload = 0.0
@@ -177,9 +178,12 @@ class Camera:
         if self.detector is not None:
             self.detector.observe(batch.times, batch.images, confs, until)
         if self.recalibrate.layers > 0:
-            conditions = condition_stats(batch.images) if self._watching_home() and n else None
+            r = self.recalibrate
+            extends = r.max_window > r.window
+            conditions = condition_stats(batch.images) if (self._watching_home() or extends) and n else None
+            self._until = until
             self._recent = [b for b in self._recent + [(batch.times, batch.images, conditions)]
-                            if len(b[0]) and b[0][-1] >= until - self.recalibrate.window]
+                            if len(b[0]) and b[0][-1] >= until - max(r.window, r.max_window)]
             self._refit()
         return FrameLog(self.index, batch.times, batch.labels, preds, confs, versions,
                         self.source.drifted(batch.times))
@@ -196,27 +200,48 @@ class Camera:
         once the camera has left home (see :class:`Recalibration`)."""
         if self.recalibrate.layers == 0 or not self._recent:
             return
+        latest = [b for b in self._recent if b[0][-1] >= self._until - self.recalibrate.window]
         if self._watching_home():
-            if self._at_home():
+            if self._at_home(latest):
                 # The latest tick's frames join the reference of what home looks like.
                 total, count = self._home
-                latest = self._recent[-1][2]
-                self._home = latest.sum(axis=0) + (total if count else 0.0), count + len(latest)
+                tick = self._recent[-1][2]
+                self._home = tick.sum(axis=0) + (total if count else 0.0), count + len(tick)
                 return
             self._left_home = True
-        recalibrate_bn(self.model, np.concatenate([b[1] for b in self._recent]), self.recalibrate.layers)
+        frames = self._same_condition(latest)
+        recalibrate_bn(self.model, np.concatenate([b[1] for b in frames]), self.recalibrate.layers)
+
+    def _same_condition(self, latest: list) -> list:
+        """``latest`` (the last ``window`` seconds) and the earlier
+        ``window``-long blocks, up to ``max_window`` seconds back, whose mean
+        condition is within ``same_distance`` of its own, back to the first
+        that is not (see :class:`Recalibration`)."""
+        r = self.recalibrate
+        if r.max_window <= r.window:
+            return latest
+        now = np.concatenate([b[2] for b in latest]).mean(axis=0)
+        frames, k = latest, 1
+        while (k + 1) * r.window <= r.max_window:
+            block = [b for b in self._recent
+                     if self._until - (k + 1) * r.window <= b[0][-1] < self._until - k * r.window]
+            if not block or np.linalg.norm(
+                    np.concatenate([b[2] for b in block]).mean(axis=0) - now) >= r.same_distance:
+                break
+            frames, k = block + frames, k + 1
+        return frames
 
     def _watching_home(self) -> bool:
         """Whether the camera may still be at home: it runs its initial model
         and has not left the condition it started in."""
         return self.recalibrate.home_distance > 0 and self.version == 0 and not self._left_home
 
-    def _at_home(self) -> bool:
-        """Whether the mean condition of the recent frames is within
+    def _at_home(self, latest: list) -> bool:
+        """Whether the mean condition of the ``latest`` frames is within
         ``home_distance`` of all the camera saw at home before them (each
         frame's condition is computed once, in :meth:`run`)."""
         total, count = self._home
-        recent = np.concatenate([b[2] for b in self._recent])
+        recent = np.concatenate([b[2] for b in latest])
         return not count or np.linalg.norm(recent.mean(axis=0) - total / count) < self.recalibrate.home_distance
 
     def upload(self, strategy: Strategy, now: float, teach: Callable[[np.ndarray], dict],

@@ -329,7 +329,7 @@ class EdgeSync(Strategy):
     initial model was fit to, and size each job by online early stopping.
     Samples are weighted by timeliness ``exp(-age / tau)``. Cameras refit
     their model's shallow BatchNorm statistics to their latest frames
-    (``bn_layers``, ``bn_window``) once they have drifted."""
+    (``bn_layers``, ``bn_window``, ``bn_max_window``) once they have drifted."""
 
     def __init__(self, cfg: SimConfig):
         super().__init__(cfg)
@@ -357,7 +357,8 @@ class EdgeSync(Strategy):
 
     def recalibration(self) -> Recalibration:
         p = self.cfg.edgesync
-        return Recalibration(p.bn_layers, p.bn_window, 0.0 if self.changepoint else p.home_distance)
+        return Recalibration(p.bn_layers, p.bn_window, 0.0 if self.changepoint else p.home_distance,
+                             max_window=p.bn_max_window, same_distance=p.home_distance)
 
     def reads_condition(self) -> bool:
         """For ``home_distance``; off under the change-point trigger, whose first

@@ -30,6 +30,7 @@ SEARCH_SPACE: dict[str, tuple] = {
     "home_distance": ("uniform", 0.0, 0.15),   # no job while a camera has not drifted (0: off)
     "bn_layers": ("choice", [0, 3, 9, 15]),    # camera refits its shallow BatchNorm statistics
     "bn_window": ("choice", [20.0, 60.0, 120.0]),  # ... to its last seconds of frames
+    "bn_max_window": ("choice", [60.0, 120.0, 240.0]),  # ... or more, while the condition holds
     "w_drift": ("uniform", 0.0, 2.0),          # priority: estimated accuracy gap
     "w_mix": ("uniform", 0.0, 2.0),            # priority: class-mix shift
     "w_stale": ("uniform", 0.0, 1.0),          # priority: time since last update

@@ -184,6 +184,31 @@ def test_a_camera_refits_its_shallow_statistics_once_it_leaves_home():
     assert build_strategy("edgesync+cp", cfg).recalibration().home_distance == 0
 
 
+def test_the_refit_window_reaches_back_while_the_condition_holds():
+    cfg = SimConfig(world=SMALL_WORLD, cameras=1, duration=200.0)   # night from 62 s, after dusk
+    source = CameraStream(cfg.world, get_scenario("day_night"), 0, 1, cfg.seed, cfg.duration)
+    student = build_student(cfg.student, SMALL_WORLD.num_classes)
+
+    def refitted(same_distance: float) -> torch.Tensor:   # at 100 s, 20-s blocks up to 80 s
+        camera = Camera(0, source, clone(student), SMALL_WORLD.num_classes,
+                        recalibrate=Recalibration(layers=3, window=20.0, max_window=80.0,
+                                                  same_distance=same_distance))
+        for t in range(10, 101, 10):
+            camera.run(float(t))
+        return _norms(camera.model)[0].running_mean
+
+    def fitted(start: float) -> torch.Tensor:              # to the frames from ``start`` to 100 s
+        expected = clone(student)
+        recalibrate_bn(expected, source.frames(int(start * source.fps), int(100 * source.fps)).images, 3)
+        return _norms(expected)[0].running_mean
+
+    torch.testing.assert_close(refitted(10.0), fitted(20.0))   # every block counts as the same: 80 s
+    torch.testing.assert_close(refitted(0.0), fitted(80.0))    # none does: the last 20 s
+    settled = refitted(0.06)                                   # the night and its blend, not the dusk
+    assert not torch.allclose(settled, fitted(20.0)) and not torch.allclose(settled, fitted(80.0))
+    torch.testing.assert_close(settled, fitted(60.0))
+
+
 def test_same_seed_same_summary(tiny_cfg, tmp_path):
     cfg = tiny_cfg(strategies=["periodic", "edgesync"], seed=3, borrow=8)
     a = run_inline(cfg, out_dir=str(tmp_path / "a"), progress=False, log=lambda *_: None)
