@@ -88,11 +88,11 @@ class EdgeSyncParams:
             between retraining jobs; not while it runs its initial model
             within ``home_distance`` of the condition it started in (0: off).
         bn_window: seconds of the latest frames those statistics come from.
-        bn_max_window: ... reaching back further, ``bn_window`` seconds at a
-            time up to this many, while each earlier block's mean condition
-            is within ``home_distance`` of the latest ``bn_window``'s: a
-            settled scene gets quiet statistics, a changing one fresh ones
-            (at most ``bn_window``: never).
+        bn_max_window: the refit's frames reach back further, ``bn_window``
+            seconds at a time up to this many, while each earlier block's
+            mean condition is within ``home_distance`` of the latest
+            ``bn_window``'s: a settled scene gets quiet statistics, a
+            changing one fresh ones (at most ``bn_window``: never).
         w_drift: priority weight of the estimated accuracy gap.
         w_mix: priority weight of the shift in predicted class mix.
         w_stale: priority weight of time since the camera's last update (per window).
