@@ -1,1 +1,1 @@
-"""Ray actors (cameras, the priority manager, the metrics sink): thin wrappers over driftlab.platform."""
+"""Ray actors (cameras, the priority manager, the Train job pool) and the Ray runner: thin wrappers over driftlab.platform."""

@@ -1,25 +1,30 @@
-"""The priority manager as a Ray actor, wrapping the strategy's training manager.
+"""The priority manager as a Ray actor: the server's side of a fleet.
 
-It receives the cameras' labelled uploads as retraining requests, keeps the
-queue, lets the strategy order and size jobs at run time on the virtual GPU
-timeline (:func:`driftlab.platform.sim.serve_jobs`), runs each scheduled batch
-on Ray Train through a :class:`~driftlab.actors.trainer.TrainClient`, and
-returns the deployments (new weights) for the driver to push to the cameras.
-Ekya's micro-profiling trials run here, in the manager's process.
+It wraps :class:`~driftlab.platform.sim.FleetManager`: it receives the
+cameras' uploads (as object references, fetched here from the camera actors),
+keeps the queue, lets the strategy's training manager order and size jobs at
+run time on the virtual GPU timeline, runs each scheduled batch on Ray Train
+through a :class:`~driftlab.actors.trainer.TrainClient`, and returns the
+deployments, their weights as object references for the camera actors. It
+builds only the server half of a strategy. Ekya's micro-profiling trials run
+here, in the manager's process.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import ray
 
 from driftlab.platform.config import SimConfig
 from driftlab.platform.models import build_student, default_device
 from driftlab.platform.runner import set_determinism
-from driftlab.platform.sim import Deployment, Server, Upload, serve_jobs
-from driftlab.platform.strategies import build_strategy
+from driftlab.platform.server import Deployment
+from driftlab.platform.sim import FleetManager
+from driftlab.platform.strategies import Strategy
 
 from .trainer import TrainClient
 
-__all__ = ["ManagerActor"]
+__all__ = ["ManagerActor", "RayManager"]
 
 
 @ray.remote
@@ -29,14 +34,14 @@ class ManagerActor:
         from ray.util.metrics import Counter, Gauge
 
         set_determinism()
-        self.cfg, self.train, self.teacher_cvae = cfg, train, teacher_cvae
-        self.device = default_device()
-        self.students = []
+        self.train = train
+        students = []
         for state in student_states:
             model = build_student(cfg.student, cfg.world.num_classes)
             model.load_state_dict(state)
-            self.students.append(model.eval())
-        self.strategy = self.server = None
+            students.append(model.eval())
+        self.fleet = FleetManager(cfg, students, default_device(), teacher_cvae, execute=train.run)
+        self.name = ""
         self._queue = Gauge("driftlab_queue_length", "retraining requests waiting",
                             tag_keys=("strategy",))
         self._delay = Gauge("driftlab_update_delay_s",
@@ -44,31 +49,53 @@ class ManagerActor:
                             tag_keys=("strategy", "camera"))
         self._jobs = Counter("driftlab_jobs", "retraining jobs run", tag_keys=("strategy",))
 
-    def start(self, strategy: str) -> None:
-        """A fresh strategy and server state, from the initial students."""
-        self.strategy = build_strategy(strategy, self.cfg)
-        self.server = Server(self.cfg, self.students, self.device, self.teacher_cvae)
+    def start(self, strategy: Strategy) -> None:
+        """A fresh server state and the strategy's training manager."""
+        self.name = strategy.name
+        self.fleet.start(strategy)
 
-    def submit(self, now: float, uploads: list[Upload | None]) -> None:
-        """Requests from one upload round, in camera order (the teacher's
-        virtual queue charges them in that order)."""
-        for up in uploads:
-            if up is not None:
-                self.strategy.submit(self.server.receive(up, now))
-        self._queue.set(len(self.strategy.pending), {"strategy": self.strategy.name})
+    def submit(self, now: float, uploads: list) -> None:
+        """One upload round: references to each camera's upload (or ``None``), in camera order."""
+        self.fleet.submit(now, ray.get(uploads))
+        self._queue.set(len(self.fleet.manager.pending), {"strategy": self.name})
 
     def serve(self, until: float) -> list[Deployment]:
         """Run every job the strategy schedules before ``until``."""
-        out = serve_jobs(self.strategy, self.server, until, self.train.run)
-        tags = {"strategy": self.strategy.name}
+        out = self.fleet.serve(until)
+        tags = {"strategy": self.name}
         for d in out:
             self._delay.set(d.record.deployed - d.record.submitted,
                             {**tags, "camera": str(d.record.camera)})
+            d.state = ray.put(d.state)
         if out:
             self._jobs.inc(len(out), tags)
-        self._queue.set(len(self.strategy.pending), tags)
+        self._queue.set(len(self.fleet.manager.pending), tags)
         return out
 
     def stats(self) -> tuple[int, float, list[str]]:
         """Frames uploaded, teacher GPU-seconds, and jobs that failed for good."""
-        return self.server.uploaded, self.server.label_gpu_s, list(self.train.failures)
+        uploaded, label_gpu_s = self.fleet.stats()
+        return uploaded, label_gpu_s, list(self.train.failures)
+
+
+class RayManager:
+    """The :class:`~driftlab.platform.sim.Manager` on the manager actor."""
+
+    def __init__(self, actor, log: Callable[[str], None] = print):
+        self.actor, self.log = actor, log
+
+    def start(self, strategy: Strategy) -> None:
+        self.name = strategy.name
+        ray.get(self.actor.start.remote(strategy))
+
+    def submit(self, now: float, uploads: list) -> None:
+        ray.get(self.actor.submit.remote(now, uploads))
+
+    def serve(self, until: float) -> list[Deployment]:
+        return ray.get(self.actor.serve.remote(until))
+
+    def stats(self) -> tuple[int, float]:
+        uploaded, label_gpu_s, failures = ray.get(self.actor.stats.remote())
+        for f in failures:
+            self.log(f"{self.name}: {f}")
+        return uploaded, label_gpu_s

@@ -1,30 +1,36 @@
 """The Ray runner: the loop of :mod:`driftlab.platform.sim` spread over Ray.
 
 One actor per camera (``camera-0`` ...), the priority manager (``manager``),
-the teacher on Ray Serve, and retraining on Ray Train. The driver advances
-the virtual clock tick by tick exactly as the inline runner does (serve jobs,
-deploy, infer, upload), with the cameras working in parallel inside each
-step, so both runners give the same table for the same seed.
+the teacher on Ray Serve, and retraining on Ray Train. The driver runs the
+same :class:`~driftlab.platform.sim.Simulation` as the inline runner, over
+:class:`~driftlab.actors.camera.RayCameras` and
+:class:`~driftlab.actors.manager.RayManager`: it only sequences ticks, the
+cameras work in parallel inside each step, uploads go from camera actors to
+the manager as object references, and both runners give the same table for
+the same seed.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
 import ray
+from ray import cloudpickle
 
 from driftlab.platform.config import SimConfig
-from driftlab.platform.runner import build_fleet, run_strategies, set_determinism
-from driftlab.platform.sim import num_ticks, uploads_at
-from driftlab.platform.strategies import build_strategy
+from driftlab.platform.runner import build_fleet, parse_strategies, run_strategies, set_determinism
+from driftlab.platform.sim import Simulation
+from driftlab.platform.strategies import Strategy
+from driftlab.platform.validation import ConfigError, check_non_negative, check_whole
 from driftlab.platform.zoo import teacher_checkpoint
 
-from .camera import CameraActor, CameraProxy
-from .manager import ManagerActor
+from .camera import CameraActor, CameraProxy, RayCameras
+from .manager import ManagerActor, RayManager
 from .trainer import TrainPool
 
 __all__ = ["RayOptions", "ResourceError", "start_ray", "plan_resources", "run_on_ray"]
@@ -36,8 +42,8 @@ NAMESPACE = "driftlab"
 CAMERA_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
-class ResourceError(ValueError):
-    """The run asks for more than the Ray cluster has."""
+class ResourceError(ConfigError):
+    """The run asks for more than the Ray cluster has, or for a negative amount."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +79,14 @@ class RayOptions:
     http_port: int = 8000
 
     def __post_init__(self):
-        for name in ("cpus_per_camera", "gpus_per_camera"):
-            if getattr(self, name) < 0:
-                raise ResourceError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if min(self.teacher_replicas, self.teacher_batch, self.train_workers) < 1:
-            raise ResourceError("teacher_replicas, teacher_batch and train_workers must be at least 1")
+        try:
+            check_non_negative(self, "cpus_per_camera", "gpus_per_camera")
+            check_whole(self, "teacher_replicas", "teacher_batch", "train_workers", "http_port", minimum=1)
+            for name in ("num_cpus", "teacher_gpus", "train_gpus"):
+                if getattr(self, name) is not None:
+                    check_non_negative(self, name)
+        except ConfigError as e:
+            raise ResourceError(str(e)) from None
 
 
 _TEACHER_CPUS, _MANAGER_CPUS, _TRAIN_CPUS = 0.5, 0.25, 1.0
@@ -148,6 +157,8 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
 
     from driftlab.deployments.teacher import APP_NAME, QUIET, TeacherOptions, deploy_teacher
 
+    strategies = parse_strategies(cfg)
+    _ship_by_value(strategies)
     set_determinism()
     plan = plan_resources(cfg, opts, ray.cluster_resources())
     fleet = build_fleet(cfg, log)
@@ -163,49 +174,27 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     state_dicts = [{k: v.cpu() for k, v in s.state_dict().items()} for s in fleet.students]
     states = [ray.put(d) for d in state_dicts]
     shared = {id(s): ray.put(s) for s in fleet.sources}  # a video file is put once for all
-    cameras = [CameraProxy(CameraActor.options(
+    cameras = RayCameras([CameraProxy(CameraActor.options(
         name=f"camera-{i}", num_cpus=opts.cpus_per_camera, num_gpus=opts.gpus_per_camera,
         runtime_env=CAMERA_ENV,
-    ).remote(i, shared[id(src)], states[i], cfg, teacher)) for i, src in enumerate(fleet.sources)]
-    manager = ManagerActor.options(name="manager", num_cpus=_MANAGER_CPUS).remote(
-        cfg, state_dicts, pool.client(), fleet.teacher_cvae)
-    ticks, duration = num_ticks(cfg, fleet.sources)
-
-    def play(name: str, on_tick) -> tuple[int, float]:
-        strategy = build_strategy(name, cfg)
-        ray.get(manager.start.remote(name))
-        for cam in cameras:
-            cam.reset()
-            cam.result(cam.submit("start", name))
-        for k in range(ticks):
-            t1 = min((k + 1) * cfg.tick, duration)
-            deployments = ray.get(manager.serve.remote(t1)) if strategy.adapts else []
-            for d in deployments:
-                cameras[d.record.camera].submit("deploy", d.record.deployed, d.version,
-                                                ray.put(d.state))
-            logs = _gather(cameras, "run", t1)
-            for lg in logs:
-                fleet.true_labels(lg)
-            if uploads_at(strategy, cfg, k):
-                ray.get(manager.submit.remote(t1, _gather(cameras, "upload", t1)))
-            on_tick(t1, logs, [d.record for d in deployments])
-            if after_tick is not None:
-                after_tick(name, k)
-        uploaded, label_gpu_s, failures = ray.get(manager.stats.remote())
-        for f in failures:
-            log(f"{name}: {f}")
-        return uploaded, label_gpu_s
-
+    ).remote(i, shared[id(src)], states[i], cfg, teacher)) for i, src in enumerate(fleet.sources)])
+    manager = RayManager(ManagerActor.options(name="manager", num_cpus=_MANAGER_CPUS).remote(
+        cfg, state_dicts, pool.client(), fleet.teacher_cvae), log)
     try:
-        return run_strategies(cfg, play, out_dir, progress, log)
+        sims = [Simulation(cfg, s, fleet, cameras, manager) for s in strategies]
+        return run_strategies(cfg, sims, out_dir, progress, log, after_tick)
     finally:
-        for actor in [manager, *(c.actor for c in cameras)]:
+        for actor in [manager.actor, *cameras.actors]:
             ray.kill(actor)
         pool.close()
         serve.delete(APP_NAME)
 
 
-def _gather(cameras: list[CameraProxy], method: str, *args) -> list:
-    """Call every camera in parallel; answers in camera order."""
-    refs = [cam.submit(method, *args) for cam in cameras]
-    return [cam.result(ref) for cam, ref in zip(cameras, refs)]
+def _ship_by_value(strategies: list[Strategy]) -> None:
+    """Strategies defined outside the package (a user's own module, which
+    Ray's workers may not be able to import) travel to the actors by value."""
+    for s in strategies:
+        for cls in (s.definition.policy, s.definition.manager):
+            module = sys.modules.get(cls.__module__)
+            if module is not None and not cls.__module__.startswith("driftlab.") and cls.__module__ != "__main__":
+                cloudpickle.register_pickle_by_value(module)

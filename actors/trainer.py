@@ -5,7 +5,7 @@ than one camera's job (a second or two), so :class:`TrainPool` runs one
 long-lived fit whose workers take jobs from a queue until the pool closes.
 Each job is self-contained and has a ``run(device)`` method returning
 ``(state_dict, result)``: a camera's retraining
-(:class:`~driftlab.platform.sim.JobInputs`) or a student's distillation
+(:class:`~driftlab.platform.server.JobInputs`) or a student's distillation
 (:class:`~driftlab.platform.distill.DistillJob`). A worker runs it on its
 Train device (a GPU when the pool has one) and sends back the new weights.
 

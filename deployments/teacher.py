@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from driftlab.platform.distill.frames import teach
-from driftlab.platform.models import build_teacher, default_device, embed, from_logits, predict
+from driftlab.platform.models import build_teacher, default_device, from_logits
+from driftlab.platform.teacher import teach
 from driftlab.platform.zoo import load_checkpoint, load_teacher_genkd
 
 __all__ = ["TeacherOptions", "Teacher", "teacher_app", "deploy_teacher", "ROUTE", "APP_NAME"]
@@ -103,15 +103,6 @@ class Teacher:
             out.append({k: v[i:i + n] for k, v in taught.items()})
             i += n
         return out
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """Penultimate features of ``images``, for feature distillation."""
-        return embed(self.model, np.asarray(images, np.uint8), device=self.device)
-
-    def label_unbatched(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """The same labels without batching (for the batching benchmark)."""
-        labels, confs = predict(self.model, np.asarray(images, np.uint8), device=self.device)
-        return {"labels": labels, "confidences": confs}
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse

@@ -21,7 +21,8 @@ from driftlab.actors.camera import CameraActor, CameraProxy  # noqa: E402
 from driftlab.platform.config import SimConfig  # noqa: E402
 from driftlab.platform.models import build_student, predict  # noqa: E402
 from driftlab.platform.runner import set_determinism  # noqa: E402
-from driftlab.platform.sim import Camera  # noqa: E402
+from driftlab.platform.camera import build_camera  # noqa: E402
+from driftlab.platform.strategies import parse_strategy  # noqa: E402
 from driftlab.platform.world import CameraStream, get_scenario  # noqa: E402
 
 
@@ -33,6 +34,7 @@ def main() -> None:
     args = p.parse_args()
     set_determinism()
     cfg = SimConfig(duration=args.seconds, strategies=("static",))
+    static = parse_strategy("static")
     source = CameraStream(cfg.world, get_scenario(cfg.scenario), 0, 1, cfg.seed, cfg.duration)
     student = build_student(cfg.student, cfg.world.num_classes).eval()
     state = student.state_dict()
@@ -41,7 +43,7 @@ def main() -> None:
     batch = int(args.tick * cfg.world.fps)
 
     def local() -> float:
-        cam = Camera(0, source, student, cfg.world.num_classes)
+        cam = build_camera(static, cfg, 0, source, student, teach=None)
         t = time.perf_counter()
         for until in ticks:
             cam.run(until)
@@ -60,10 +62,10 @@ def main() -> None:
 
     def through_actor() -> float:
         actor.reset()
-        actor.result(actor.submit("start", "static"))
+        ray.get(actor.result(actor.submit("start", static)))
         t = time.perf_counter()
         for until in ticks:
-            actor.result(actor.submit("run", until))
+            ray.get(actor.result(actor.submit("run", until)))
         return n / (time.perf_counter() - t)
 
     through_actor()  # warm-up: imports, first inference

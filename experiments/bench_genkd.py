@@ -38,7 +38,7 @@ def main() -> None:
     teacher_cvae = FeatureCVAE(GENKD_DIM, (2, 2)).state_dict()
     attention = rng.random((args.samples, GENKD_DIM)).astype(np.float32)
     jobs = {"plain": (0.0, {}), "hinton": (0.9, {"teacher_logits": logits}),
-            "genkd": (0.0, {"genkd": GenKDTargets(attention, teacher_cvae)})}
+            "genkd": (0.0, {"plugins": [GenKDTargets(attention, teacher_cvae)]})}
     medians = {}
     for name, (kd, extra) in jobs.items():
         times = []

@@ -43,7 +43,7 @@ def main() -> None:
                    after_tick=lambda _s, k: marks.__setitem__(k, time.perf_counter()))
         total = time.perf_counter() - t0
         last = max(marks)
-        frames = n * (cfg.num_ticks - 1) * cfg.tick * cfg.world.fps
+        frames = n * last * cfg.tick * cfg.world.fps   # ticks 1..last, after the first
         rows.append((n, frames / (marks[last] - marks[0]), marks[0] - t0, total))
         print(f"{n} cameras: {rows[-1][1]:7.1f} frames/s, start-up + first tick {rows[-1][2]:.0f} s, "
               f"total {total:.0f} s", flush=True)

@@ -14,6 +14,7 @@ the same numbers for the same seed.
     python experiments/drift_sim.py --scenario weather --cameras 6 --out runs/weather
     python experiments/drift_sim.py --address auto --gpus-per-camera 0.1
     python experiments/drift_sim.py --strategies periodic,periodic+cp,edgesync,edgesync+cp
+    python experiments/drift_sim.py --strategies ams,ams+refit,edgesync-refit,edgesync
     python experiments/drift_sim.py --inline --seed 0,1,2 --out runs/seeds   # mean ± std over seeds
 """
 from __future__ import annotations
@@ -28,7 +29,8 @@ import pandas as pd
 
 from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig, config_from_dict, load_config
 from driftlab.platform.metrics import format_seed_table, format_table, over_seeds, write_parquet
-from driftlab.platform.strategies import STRATEGIES
+from driftlab.platform.runner import parse_strategies
+from driftlab.platform.strategies import COMPONENTS, STRATEGIES
 from driftlab.platform.world import SCENARIOS, VideoError
 
 
@@ -39,9 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scenario", help=f"drift scenario: {', '.join(SCENARIOS)}")
     p.add_argument("--cameras", type=int, help="number of cameras")
     p.add_argument("--duration", type=float, help="stream seconds per camera")
-    p.add_argument("--strategies", help=f"comma-separated, from: {', '.join(STRATEGIES)}; "
-                                        "add +cp to an adapting one (e.g. periodic+cp) to retrain "
-                                        "on change points of the camera's feature stream")
+    p.add_argument("--strategies", help=f"comma-separated, from: {', '.join(STRATEGIES)}; a name may add "
+                                        f"(+) or drop (-) camera components: {', '.join(COMPONENTS)} "
+                                        "(e.g. periodic+cp retrains on change points of the camera's "
+                                        "feature stream, ams+refit refits BatchNorm on the camera, "
+                                        "edgesync-refit does not)")
     p.add_argument("--seed", help="seed of streams, models and jobs; several (e.g. 0,1,2) run "
                                   "each and report every strategy's mean ± std over them")
     p.add_argument("--distill", help=f"what retraining learns from the teacher: "
@@ -88,6 +92,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[SimConfig, list[int]]:
         "strategies": args.strategies.split(",") if args.strategies else None,
     }.items() if v is not None}
     cfg = config_from_dict(overrides, cfg)
+    parse_strategies(cfg)  # unknown names fail here, before anything starts
     return cfg, seeds or [cfg.seed]
 
 
@@ -131,7 +136,35 @@ def run_seeds(cfg: SimConfig, seeds: list[int], run: Runner, out: str | None) ->
     return table
 
 
+def write_provenance(cfg: SimConfig, argv: list[str], out: str) -> None:
+    """``out/run.json``: the command, commit, date and model cache of a run
+    (what ``experiments/report.py`` cites under a table)."""
+    import datetime
+    import hashlib
+    import json
+    import subprocess
+
+    from driftlab.platform.zoo import teacher_checkpoint
+
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=here, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=here, timeout=10).stdout.strip()
+        commit += "+changes" if commit and dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    with open(teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=lambda *_: None), "rb") as f:
+        model_cache = "teacher " + hashlib.sha256(f.read()).hexdigest()[:12]
+    info = {"command": " ".join(["python experiments/drift_sim.py", *argv]), "commit": commit or "unknown",
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "model_cache": model_cache}
+    with open(os.path.join(out, "run.json"), "w") as f:
+        json.dump(info, f, indent=1)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
         cfg, seeds = resolve_config(args)
@@ -145,6 +178,8 @@ def main(argv=None) -> int:
         else:
             table = f"mean ± std over seeds {','.join(map(str, seeds))}\n" + format_seed_table(
                 run_seeds(cfg, seeds, run, args.out))
+        if args.out:
+            write_provenance(cfg, argv, args.out)
     except (ConfigError, VideoError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

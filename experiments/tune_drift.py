@@ -30,8 +30,9 @@ import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 
 from driftlab.platform.config import ConfigError, SimConfig, config_from_dict, load_config  # noqa: E402
+from driftlab.platform.runner import parse_strategies  # noqa: E402
 from driftlab.platform.strategies import STRATEGIES  # noqa: E402
-from driftlab.platform.tuning import SEARCH_SPACE, accuracy_by_window, with_params  # noqa: E402
+from driftlab.platform.tuning import SEARCH_SPACE, accuracy_by_window, nest, with_params  # noqa: E402
 from driftlab.platform.world import SCENARIOS  # noqa: E402
 
 
@@ -165,7 +166,7 @@ def search(args, base: SimConfig) -> int:
     params = {k: _plain(best[f"config/{k}"]) for k in SEARCH_SPACE}
     best_path = os.path.join(args.out, "best.yaml")
     with open(best_path, "w") as f:
-        yaml.safe_dump({"edgesync": params}, f, sort_keys=False)
+        yaml.safe_dump(nest(params), f, sort_keys=False)
     print(f"\n{len(trials)} trials in {time.time() - started:.0f} s ({args.searcher}); "
           f"{len(full)} ran every window; best search accuracy {best.accuracy:.3f} ({best.trial})")
     print(f"best config: {best_path}")
@@ -248,7 +249,7 @@ def _sweep_trial(config: dict, base: SimConfig) -> None:
 def sweep(args, base: SimConfig) -> int:
     """Every strategy over fleet sizes (budget fixed) and over upload budgets."""
     strategies = _split(args.strategies)
-    config_from_dict({"strategies": strategies}, base)  # unknown names: one ConfigError
+    parse_strategies(config_from_dict({"strategies": strategies}, base))  # unknown names: one ConfigError
     cams, fracs = _split(args.sweep_cameras, int), _split(args.sweep_fractions, float)
     points = ([{"axis": "cameras", "cameras": n, "upload_fraction": base.upload_fraction}
                for n in cams]

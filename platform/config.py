@@ -1,7 +1,11 @@
-"""Simulation configuration: dataclasses, YAML loading, validation at the edge.
+"""Simulation configuration: dataclasses, YAML loading, validation.
 
 Every field has a docstring entry; a config file may set any subset of them,
 and anything it names that does not exist is an error (never silently ignored).
+This module is a leaf: it imports no strategy, model or torch, so building a
+config is cheap; strategy names are checked where they are used
+(:func:`driftlab.platform.strategies.parse_strategy`, called by the runners
+and the CLI).
 """
 from __future__ import annotations
 
@@ -12,20 +16,17 @@ from typing import Any
 import yaml
 
 from .drift import ChangePointParams
-from .training import TrainSpec
+from .validation import (ConfigError, check_choice, check_non_negative, check_positive, check_range,
+                         check_whole)
 from .world import SCENARIOS, WorldConfig
 
-__all__ = ["DISTILL_WEIGHTS", "CostModel", "EdgeSyncParams", "SimConfig", "ConfigError", "load_config",
-           "config_to_dict", "config_from_dict"]
+__all__ = ["DISTILL_WEIGHTS", "CostModel", "EdgeSyncParams", "RefitParams", "SimConfig", "ConfigError",
+           "load_config", "config_to_dict", "config_from_dict"]
 
 
 DISTILL_WEIGHTS = {"hinton": 0.9, "genkd": 0.0, "none": 0.0}
 """``SimConfig.distill`` choices: the share of a job's loss that is Hinton
 (logit) distillation; ``genkd`` adds seed 2's feature terms to the labels' loss."""
-
-
-class ConfigError(ValueError):
-    """A configuration value or file is not usable; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,6 @@ class CostModel:
     MobileNetV3 at camera resolution).
 
     Attributes:
-        infer_s_per_frame: student inference on the camera, per frame.
         label_s_per_frame: teacher labeling on the server, per frame.
         train_s_per_sample_epoch: student training on the server, per sample-epoch.
         downlink_s_per_mparam: time to ship one million parameters to a camera.
@@ -47,17 +47,13 @@ class CostModel:
             little more (measured on CPU: ``experiments/bench_genkd.py``).
     """
 
-    infer_s_per_frame: float = 0.002
     label_s_per_frame: float = 0.01
     train_s_per_sample_epoch: float = 0.05
     downlink_s_per_mparam: float = 1.0
     genkd_factor: float = 1.35
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"{f.name} must be a number >= 0, got {v!r}")
+        check_non_negative(self, *(f.name for f in dataclasses.fields(self)))
 
 
 @dataclass(frozen=True)
@@ -82,17 +78,6 @@ class EdgeSyncParams:
             of its first upload's (the condition that model was fit to): it
             has not drifted, and retraining it would cost accuracy there.
             0 turns this off; so does the change-point trigger (``+cp``).
-        bn_layers: each camera refits the statistics of its model's first
-            ``bn_layers`` BatchNorm layers to its own latest frames after every
-            tick and every new model, so the model fits the current stream
-            between retraining jobs; not while it runs its initial model
-            within ``home_distance`` of the condition it started in (0: off).
-        bn_window: seconds of the latest frames those statistics come from.
-        bn_max_window: the refit's frames reach back further, ``bn_window``
-            seconds at a time up to this many, while each earlier block's
-            mean condition is within ``home_distance`` of the latest
-            ``bn_window``'s: a settled scene gets quiet statistics, a
-            changing one fresh ones (at most ``bn_window``: never).
         w_drift: priority weight of the estimated accuracy gap.
         w_mix: priority weight of the shift in predicted class mix.
         w_stale: priority weight of time since the camera's last update (per window).
@@ -108,21 +93,54 @@ class EdgeSyncParams:
     patience: int = 0
     skip_accuracy: float = 0.92
     home_distance: float = 0.06
-    bn_layers: int = 9
-    bn_window: float = 60.0
-    bn_max_window: float = 240.0
     w_drift: float = 1.0
     w_mix: float = 0.5
     w_stale: float = 0.1
 
     def __post_init__(self):
-        _validate_positive(self, "period", "tau", "horizon", "max_epochs", "bn_window")
-        if not isinstance(self.bn_layers, int) or isinstance(self.bn_layers, bool):
-            raise ConfigError(f"bn_layers must be a whole number >= 0, got {self.bn_layers!r}")
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if v < 0:
-                raise ConfigError(f"{f.name} must be >= 0, got {v!r}")
+        check_positive(self, "period", "tau", "horizon")
+        check_whole(self, "max_epochs", minimum=1)
+        check_whole(self, "patience")
+        check_non_negative(self, "w_conf", "w_time", "w_novel", "skip_accuracy", "home_distance",
+                           "w_drift", "w_mix", "w_stale")
+
+
+@dataclass(frozen=True)
+class RefitParams:
+    """The camera-side BatchNorm refit (the ``refit`` camera adapter,
+    :class:`driftlab.platform.adapters.BatchNormRefit`): each camera refits
+    the statistics of its student's first ``layers`` BatchNorm layers to its
+    own latest frames after every tick and every new model, so the model
+    fits the current stream between retraining jobs (AdaBN, Li et al. 2016,
+    on the shallow layers only). ``edgesync`` has it by default; add it to
+    any strategy as ``<name>+refit``, take it away as ``<name>-refit``.
+
+    Attributes:
+        layers: how many of the first BatchNorm layers are refitted (0: none).
+        window: seconds of the latest frames the statistics come from.
+        max_window: the frames reach back further, ``window`` seconds at a
+            time up to this many, while each earlier block's mean condition
+            is within ``same_distance`` of the latest ``window``'s: a settled
+            scene gets quiet statistics, a changing one fresh ones (at most
+            ``window``: never).
+        same_distance: how close two mean conditions are to count as one.
+        home_distance: no refit while the camera still runs its initial model
+            and the mean condition of its latest frames stays within this
+            distance of all it saw before (its initial model's own statistics
+            fit that condition best); 0: refit from the first tick. Off under
+            the change-point trigger, whose cameras have no home to watch.
+    """
+
+    layers: int = 9
+    window: float = 60.0
+    max_window: float = 240.0
+    same_distance: float = 0.06
+    home_distance: float = 0.06
+
+    def __post_init__(self):
+        check_whole(self, "layers")
+        check_positive(self, "window")
+        check_non_negative(self, "max_window", "same_distance", "home_distance")
 
 
 @dataclass(frozen=True)
@@ -134,9 +152,13 @@ class SimConfig:
         cameras: number of cameras in the fleet.
         duration: stream seconds each camera plays.
         seed: seeds the streams, the models and every job.
-        strategies: strategies to run, each on the same streams; ``<name>+cp``
-            runs strategy ``name`` with the change-point trigger (its cameras
-            retrain when their feature stream changes, not every period).
+        strategies: strategies to run, each on the same streams. A name may
+            add camera components with ``+`` and drop its defaults with ``-``:
+            ``edgesync+cp`` uploads and retrains on change points of the
+            camera's feature stream instead of every period, ``ams+refit``
+            gives AMS's cameras the BatchNorm refit, ``edgesync-refit``
+            takes it from EdgeSync's (see
+            :func:`driftlab.platform.strategies.parse_strategy`).
         window: retraining window in seconds (Ekya's retraining window).
         tick: the simulation step; deployments land at exact times within it.
         upload_fraction: bandwidth budget, the share of frames a camera may upload.
@@ -167,6 +189,7 @@ class SimConfig:
         world: the synthetic world's properties.
         costs: the virtual clock's cost model.
         edgesync: the ``edgesync`` strategy's hyperparameters.
+        refit: the BatchNorm refit's settings (``+refit``, and ``edgesync``'s default).
         changepoint: the change-point trigger's settings (``+cp`` strategies).
     """
 
@@ -193,52 +216,27 @@ class SimConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     costs: CostModel = field(default_factory=CostModel)
     edgesync: EdgeSyncParams = field(default_factory=EdgeSyncParams)
+    refit: RefitParams = field(default_factory=RefitParams)
     changepoint: ChangePointParams = field(default_factory=ChangePointParams)
 
     def __post_init__(self):
-        _validate_positive(self, "cameras", "duration", "window", "tick", "server_gpus",
-                           "fixed_epochs", "warmup", "borrow_window", "retrain_lr")
-        if not isinstance(self.borrow, int) or isinstance(self.borrow, bool) or self.borrow < 0:
-            raise ConfigError(f"borrow must be a whole number >= 0, got {self.borrow!r}")
-        if self.scenario not in SCENARIOS:
-            raise ConfigError(f"unknown scenario {self.scenario!r}; choose one of: "
-                              f"{', '.join(SCENARIOS)}")
-        if not 0.0 < self.upload_fraction <= 1.0:
-            raise ConfigError(f"upload_fraction must be in (0, 1], got {self.upload_fraction}")
+        check_whole(self, "cameras", minimum=1)
+        check_whole(self, "borrow")
+        check_positive(self, "duration", "window", "tick", "server_gpus", "warmup", "borrow_window",
+                       "retrain_lr")
+        check_whole(self, "fixed_epochs", minimum=1)
+        check_choice(self, "scenario", SCENARIOS, "scenario")
+        check_range(self, "upload_fraction", 0.0, 1.0, low_open=True)
+        check_choice(self, "distill", DISTILL_WEIGHTS, "distill")
         if self.window % self.tick != 0:
             raise ConfigError(f"window ({self.window}) must be a multiple of tick ({self.tick})")
         if self.duration < self.window:
             raise ConfigError(f"duration ({self.duration}) must be at least one window ({self.window})")
-        if self.distill not in DISTILL_WEIGHTS:
-            raise ConfigError(f"unknown distill {self.distill!r}; choose one of: {', '.join(DISTILL_WEIGHTS)}")
         if not self.strategies:
             raise ConfigError("no strategy to run")
-        from .strategies import check_strategy  # late: strategies import this module
-
-        for s in self.strategies:
-            try:
-                check_strategy(s)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-
-    @property
-    def num_ticks(self) -> int:
-        return int(round(self.duration / self.tick))
-
-    def train_spec(self, **kwargs: Any) -> TrainSpec:
-        """A retraining (or profiling) job's :class:`TrainSpec` with the fleet's
-        distillation setting; every strategy's jobs are made here."""
-        return TrainSpec(kd_weight=DISTILL_WEIGHTS[self.distill], lr=self.retrain_lr, **kwargs)
 
 
-def _validate_positive(cfg: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(cfg, n)
-        if not isinstance(v, (int, float)) or v <= 0:
-            raise ConfigError(f"{n} must be a positive number, got {v!r}")
-
-
-_NESTED = {"world": WorldConfig, "costs": CostModel, "edgesync": EdgeSyncParams,
+_NESTED = {"world": WorldConfig, "costs": CostModel, "edgesync": EdgeSyncParams, "refit": RefitParams,
            "changepoint": ChangePointParams}
 
 
@@ -265,13 +263,23 @@ def config_from_dict(values: dict[str, Any], base: SimConfig | None = None) -> S
         raise ConfigError(str(e)) from None
 
 
+_RENAMED = {"edgesync.bn_layers": "refit.layers", "edgesync.bn_window": "refit.window",
+            "edgesync.bn_max_window": "refit.max_window", "costs.infer_s_per_frame": None}
+"""Fields of older configs: where they went (``None``: removed, never read)."""
+
+
 def _nested(name: str, cls: type, base: Any, value: Any) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"config field {name!r} must be a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(value) - set(fields)
     if unknown:
-        raise ConfigError(f"unknown field(s) in {name!r}: {', '.join(sorted(unknown))}")
+        def why(k: str) -> str:
+            if f"{name}.{k}" not in _RENAMED:
+                return k
+            new = _RENAMED[f"{name}.{k}"]
+            return f"{k} (now {new})" if new else f"{k} (removed: it was never used)"
+        raise ConfigError(f"unknown field(s) in {name!r}: {', '.join(why(k) for k in sorted(unknown))}")
     for k, v in value.items():
         expected = type(getattr(base, k))
         if expected in (int, float) and not (isinstance(v, (int, float)) and not isinstance(v, bool)):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .validation import check_non_negative, check_positive, check_whole
 from .wtal.changepoints import box_smooth, change_rate, local_peaks
 
 NOISE_FLOOR = 0.01  # features are intensities in [0, 1]: smaller moves are not drift
@@ -47,6 +48,12 @@ class ChangePointParams:
     threshold: float = 5.0
     min_snippets: int = 30
     hold: float = 120.0
+
+    def __post_init__(self):
+        check_positive(self, "snippet_s", "threshold")
+        check_whole(self, "levels", minimum=1)
+        check_whole(self, "min_snippets", minimum=2)
+        check_non_negative(self, "hold")
 
 
 def frame_features(images: np.ndarray, confs: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ trained on every condition of the world. Weights never come from a hub.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -15,8 +14,7 @@ from torch import nn
 from torchvision import models as tvm
 
 __all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "logits", "predict",
-           "from_logits", "embed", "default_device", "state_to_numpy", "numpy_to_state", "count_params",
-           "clone", "Recalibration", "recalibrate_bn"]
+           "from_logits", "default_device", "count_params", "clone", "recalibrate_bn"]
 
 STUDENTS: dict[str, Callable[[int], nn.Module]] = {
     "mobilenet_v3_small": lambda k: tvm.mobilenet_v3_small(num_classes=k),
@@ -106,68 +104,12 @@ def _classifier(model: nn.Module) -> nn.Linear:
     return model.fc if hasattr(model, "fc") else model.classifier[-1]
 
 
-@torch.no_grad()
-def embed(model: nn.Module, images: np.ndarray, batch_size: int = 256,
-          device: torch.device | str | None = None) -> np.ndarray:
-    """The input of the classifier layer (penultimate features) for uint8
-    frames: what feature distillation matches a student against."""
-    device = device or next(model.parameters()).device
-    model.eval()
-    head = _classifier(model)
-    feats: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, args, _out: feats.append(args[0].flatten(1).cpu()))
-    try:
-        for i in range(0, len(images), batch_size):
-            model(to_tensor(images[i:i + batch_size], device))
-    finally:
-        hook.remove()
-    return torch.cat(feats).numpy() if feats else np.empty((0, head.in_features), np.float32)
-
-
-def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
-    """Weights as plain numpy arrays: cheap to ship between processes."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def numpy_to_state(model: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
-    """Load ``state`` (from :func:`state_to_numpy`) into ``model`` in place."""
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-    return model
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
-
-
-@dataclass(frozen=True)
-class Recalibration:
-    """How a camera refits its model's shallow BatchNorm statistics to its own
-    frames (:func:`recalibrate_bn`).
-
-    Attributes:
-        layers: the first this many BatchNorm layers (0: never).
-        window: from the camera's last this many seconds of frames.
-        home_distance: not while the camera still runs its initial model and
-            the mean condition of those frames stays within this distance of
-            the mean of all the frames it saw before (the model's own
-            statistics fit that condition best); 0: always.
-        max_window: the window reaches back further, ``window`` seconds at a
-            time up to this many, while each earlier block's mean condition
-            is within ``same_distance`` of the last window's: a settled scene
-            gets quiet statistics from many frames, a changing one fresh
-            statistics from few (at most ``window``: never).
-        same_distance: how close two mean conditions are to count as one.
-    """
-
-    layers: int = 0
-    window: float = 0.0
-    home_distance: float = 0.0
-    max_window: float = 0.0
-    same_distance: float = 0.0
 
 
 class _Reached(Exception):

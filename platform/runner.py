@@ -1,8 +1,9 @@
 """The inline runner: every strategy of a config, one process, same streams.
 
 Builds the fleet once (sources, the cached teacher, each camera's initial
-student), runs each strategy through :func:`driftlab.platform.sim.run_strategy`
-and streams the results into a :class:`ResultSink`.
+student), runs each strategy's :class:`~driftlab.platform.sim.Simulation`
+and streams the results into a :class:`ResultSink`. The Ray runner
+(:mod:`driftlab.actors.runner`) shares all of it but where the parts run.
 """
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ import pandas as pd
 import torch
 import yaml
 
-from .config import SimConfig, config_to_dict
+from .config import ConfigError, SimConfig, config_to_dict
 from .metrics import ResultSink, plot_accuracy
 from .models import default_device, predict
-from .sim import Fleet, FrameLog, JobRecord, run_strategy
+from .sim import Fleet, Simulation, inline_simulation
+from .strategies import Strategy, parse_strategy
 from .world import CameraStream, VideoFileSource, get_scenario
 from .zoo import (initial_student, load_teacher, load_teacher_genkd, teacher_checkpoint,
                   teacher_genkd_checkpoint)
 
-__all__ = ["build_fleet", "run_inline", "run_strategies", "set_determinism"]
+__all__ = ["build_fleet", "run_inline", "run_strategies", "parse_strategies", "set_determinism"]
 
 
 def set_determinism(threads: int | None = None) -> None:
@@ -58,64 +60,66 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
             labels[labels < 0] = predict(teacher, src.images[labels < 0], device=device)[0]
         truth.append(labels)
     fleet = Fleet(sources, students, teacher, device, truth)
-    if cfg.distill == "genkd":
+    if cfg.distill == "genkd":   # the teacher's seed 2 head and CVAE
         checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
         fleet.genkd_checkpoint = teacher_genkd_checkpoint(cfg.world, teacher, checkpoint, device, log)
         fleet.teacher_head, fleet.teacher_cvae = load_teacher_genkd(fleet.genkd_checkpoint, device)
     return fleet
 
 
-Play = Callable[[str, Callable[[float, list[FrameLog], list[JobRecord]], None]], tuple[int, float]]
+def parse_strategies(cfg: SimConfig) -> list[Strategy]:
+    """``cfg.strategies`` parsed (see :func:`~driftlab.platform.strategies.parse_strategy`);
+    an unknown name is a :class:`ConfigError`."""
+    try:
+        return [parse_strategy(name) for name in cfg.strategies]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True,
                log: Callable[[str], None] = print, fleet: Fleet | None = None) -> pd.DataFrame:
     """Run every strategy of ``cfg`` in this process; write results to ``out_dir``;
     return the summary."""
+    strategies = parse_strategies(cfg)
     set_determinism()
     fleet = fleet or build_fleet(cfg, log)
-
-    def play(name, on_tick):
-        _, server = run_strategy(cfg, name, fleet, on_tick)
-        return server.uploaded, server.label_gpu_s
-
-    return run_strategies(cfg, play, out_dir, progress, log)
+    return run_strategies(cfg, [inline_simulation(cfg, s, fleet) for s in strategies], out_dir, progress, log)
 
 
-def run_strategies(cfg: SimConfig, play: Play, out_dir: str | None = None, progress: bool = True,
-                   log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run each strategy of ``cfg`` with ``play(name, on_tick)`` (inline or on
-    Ray), streaming its ticks into one :class:`ResultSink` that is flushed to
-    Parquet every window; write the summary and the plot; return the summary.
-    ``play`` returns the frames uploaded and the teacher's GPU-seconds."""
+def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print,
+                   after_tick: Callable[[str, int], None] | None = None) -> pd.DataFrame:
+    """Play each strategy's simulation (inline or on Ray) in turn, streaming
+    its ticks into one :class:`ResultSink` that is flushed to Parquet every
+    window; write the summary and the plot; return the summary.
+    ``after_tick(strategy, tick)`` runs after each tick (tests inject faults there)."""
     sink = ResultSink(out_dir)
     if out_dir:
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
     window_ticks = max(1, int(round(cfg.window / cfg.tick)))
-    for name in cfg.strategies:
+    for sim in sims:
+        name = sim.strategy.name
         started = time.time()
-        bar = _progress(cfg, name, progress)
-        ticks = [0]
-
-        def on_tick(t, logs, jobs, name=name, bar=bar):
+        bar = _progress(name, sim.ticks, progress)
+        for k, (t, logs, jobs) in enumerate(sim):
             for lg in logs:
                 sink.add_frames(name, lg)
             for j in jobs:
                 sink.add_job(name, j)
-            ticks[0] += 1
-            if ticks[0] % window_ticks == 0:
+            if (k + 1) % window_ticks == 0:
                 sink.flush()
             if bar is not None:
                 bar.update(1)
-
-        sink.uploads[name], sink.label_gpu_s[name] = play(name, on_tick)
+            if after_tick is not None:
+                after_tick(name, k)
+        sink.uploads[name], sink.label_gpu_s[name] = sim.manager.stats()
         if bar is not None:
             bar.close()
         else:
             log(f"{name:>9}: done in {time.time() - started:.0f} s")
         sink.flush()
-    summary = sink.summary(list(cfg.strategies))
+    summary = sink.summary([sim.strategy.name for sim in sims])
     if out_dir:
         summary.to_parquet(os.path.join(out_dir, "summary.parquet"), index=False)
         plot_accuracy(sink.frames(), os.path.join(out_dir, "accuracy.png"),
@@ -124,10 +128,10 @@ def run_strategies(cfg: SimConfig, play: Play, out_dir: str | None = None, progr
     return summary
 
 
-def _progress(cfg: SimConfig, name: str, enabled: bool):
+def _progress(name: str, ticks: int, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.num_ticks, desc=f"{name:>9}", unit="tick", leave=True,
+    return tqdm(total=ticks, desc=f"{name:>9}", unit="tick", leave=True,
                 bar_format="{desc} {bar} {n_fmt}/{total_fmt} ticks [{elapsed}<{remaining}]")

@@ -1,4 +1,4 @@
-"""The server's side of the loop: retraining requests, jobs, and the GPU timeline.
+"""The server's bookkeeping: retraining requests, jobs, labelled samples, the GPU timeline.
 
 Pure bookkeeping on the virtual clock; the policies that fill these in live in
 :mod:`driftlab.platform.strategies`.
@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .training import TrainSpec
+if TYPE_CHECKING:
+    from .training import TrainSpec
+
 
 __all__ = ["Request", "Job", "Samples", "SampleStore", "condition_stats", "closest", "share_gpu"]
 
@@ -68,29 +70,33 @@ class Job:
 
 
 class Samples(NamedTuple):
-    """Teacher-labelled frames: the teacher's ``logits`` (N, K), their argmax
-    ``labels``, its seed 2 ``attention`` (N, D; D = 0 unless the fleet
-    distils with genkd) and each frame's :func:`condition_stats` (N, 6; N x 0
-    unless the fleet borrows samples across cameras)."""
+    """Teacher-labelled frames: uint8 ``images`` (N, H, W, 3), the teacher's
+    ``logits`` (N, K), their argmax ``labels`` (N,), stream ``times`` (N,), and
+    ``columns``: whatever else was stored with them, by name (the teacher's
+    other outputs, such as genkd's ``attention`` (N, D), and what job plugins
+    add, such as borrowing's ``condition`` (N, 6))."""
 
     images: np.ndarray
     labels: np.ndarray
     times: np.ndarray
     logits: np.ndarray
-    attention: np.ndarray
-    conditions: np.ndarray
+    columns: dict[str, np.ndarray] = {}
 
     def subset(self, keep: np.ndarray) -> "Samples":
-        return Samples(*(a[keep] for a in self))
+        return Samples(self.images[keep], self.labels[keep], self.times[keep], self.logits[keep],
+                       {k: v[keep] for k, v in self.columns.items()})
 
     @staticmethod
     def concat(parts: list["Samples"]) -> "Samples":
-        """``parts`` one after another (no samples if none has any)."""
+        """``parts`` one after another (no samples if none has any); a column
+        is kept where every part has it."""
         parts = [p for p in parts if len(p.labels)]
         if not parts:
             return Samples(np.empty((0, 1, 1, 3), np.uint8), np.empty(0, np.int64), np.empty(0),
-                           *(np.empty((0, 0), np.float32) for _ in range(3)))
-        return Samples(*(np.concatenate(column) for column in zip(*parts)))
+                           np.empty((0, 0), np.float32))
+        names = set.intersection(*(set(p.columns) for p in parts))
+        return Samples(*(np.concatenate([p[i] for p in parts]) for i in range(4)),
+                       {k: np.concatenate([p.columns[k] for p in parts]) for k in sorted(names)})
 
 
 @dataclass
@@ -101,14 +107,13 @@ class SampleStore:
     parts: list[Samples] = field(default_factory=list)
     ready: list[float] = field(default_factory=list)
 
-    def add(self, images: np.ndarray, logits: np.ndarray, times: np.ndarray,
-            attention: np.ndarray | None = None, ready: float = 0.0,
-            conditions: np.ndarray | None = None) -> None:
-        logits = np.asarray(logits, np.float32)
-        attention, conditions = (np.empty((len(logits), 0), np.float32) if a is None else np.asarray(a, np.float32)
-                                 for a in (attention, conditions))
-        self.parts.append(Samples(images, logits.argmax(axis=1).astype(np.int64), times, logits,
-                                  attention, conditions))
+    def add(self, images: np.ndarray, taught: dict[str, np.ndarray], times: np.ndarray,
+            ready: float = 0.0, columns: dict[str, np.ndarray] | None = None) -> None:
+        """One upload: its frames, the teacher's outputs on them (``"logits"``
+        and any others) and any further ``columns`` (N, ...)."""
+        logits = np.asarray(taught["logits"], np.float32)
+        extra = {k: np.asarray(v, np.float32) for k, v in {**taught, **(columns or {})}.items() if k != "logits"}
+        self.parts.append(Samples(images, logits.argmax(axis=1).astype(np.int64), times, logits, extra))
         self.ready.append(ready)
 
     def select(self, since: float, until: float, ready_by: float = math.inf) -> Samples:
@@ -136,11 +141,12 @@ def condition_stats(images: np.ndarray) -> np.ndarray:
 
 
 def closest(pool: Samples, reference: np.ndarray, k: int) -> Samples:
-    """The ``k`` samples of ``pool`` closest in condition to the mean of the
-    ``reference`` conditions (rows of :func:`condition_stats`), in pool order."""
+    """The ``k`` samples of ``pool`` closest in condition (its ``"condition"``
+    column) to the mean of the ``reference`` conditions (rows of
+    :func:`condition_stats`), in pool order."""
     if k <= 0 or len(pool.labels) == 0 or len(reference) == 0:
         return pool.subset(np.zeros(len(pool.labels), bool))
-    distance = np.linalg.norm(pool.conditions - reference.mean(axis=0), axis=1)
+    distance = np.linalg.norm(pool.columns["condition"] - reference.mean(axis=0), axis=1)
     return pool.subset(np.sort(np.argsort(distance, kind="stable")[:k]))
 
 

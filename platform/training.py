@@ -6,13 +6,13 @@ held-out split (EdgeSync's training manager stops a job once it stops improving)
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from .distill.frames import GenKD, GenKDTargets
 from .distill.losses import hinton_kd_loss
 from .models import to_tensor
 
@@ -20,7 +20,8 @@ FIT_VERSION = 2
 """Bumped whenever :func:`fit` learns differently (v2: random shifts), so that
 models cached from an older recipe are retrained, never silently reused."""
 
-__all__ = ["FIT_VERSION", "TrainSpec", "FitResult", "fit", "evaluate", "head_parameters", "top_gradient_mask"]
+__all__ = ["FIT_VERSION", "TrainSpec", "FitResult", "FitPlugin", "FitHooks", "fit", "evaluate", "head_parameters",
+           "top_gradient_mask"]
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,50 @@ class TrainSpec:
 @dataclass
 class FitResult:
     """What a finished job reports: the epochs it ran (its GPU cost), its
-    per-epoch validation accuracy and the samples it trained on."""
+    per-epoch validation accuracy, the samples it trained on, and each fit
+    plugin's state after the job (by plugin name)."""
 
     epochs_run: int
     samples: int
     val_accuracy: list[float] = field(default_factory=list)
-    genkd_parts: dict | None = None  # the camera's seed 2 head and CVAE after a genkd job
+    plugin_states: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sample_epochs(self) -> int:
         return self.epochs_run * self.samples
+
+
+class FitHooks(Protocol):
+    """A fit plugin's live part inside one :func:`fit`."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Extra parameters the job's optimiser trains."""
+        ...
+
+    def before_epoch(self, model: nn.Module, x_all: torch.Tensor, batches: Iterator[torch.Tensor]) -> None:
+        """At the start of each epoch; ``batches`` are index batches of ``x_all``
+        (drawing them advances the job's random stream)."""
+        ...
+
+    def loss(self, out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """An extra loss term after the forward pass of the batch ``b`` (logits ``out``)."""
+        ...
+
+    def close(self) -> Any:
+        """The job is over: release hooks; return the state to keep."""
+        ...
+
+
+class FitPlugin(Protocol):
+    """What a job carries for a plugin (picklable, so it travels to a Ray Train
+    worker); :func:`fit` starts it on the model."""
+
+    name: str
+
+    def start(self, model: nn.Module, x_all: torch.Tensor, train_idx: np.ndarray) -> FitHooks:
+        """Begin on ``model`` and the normalised frames ``x_all`` (N', 3, H, W)
+        the job trains on (rows ``train_idx`` of the job's samples)."""
+        ...
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -98,7 +133,7 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
         weights: np.ndarray | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
         grad_mask: dict[str, torch.Tensor] | None = None,
-        teacher_logits: np.ndarray | None = None, genkd: GenKDTargets | None = None,
+        teacher_logits: np.ndarray | None = None, plugins: list[FitPlugin] = (),
         device: torch.device | str = "cpu") -> FitResult:
     """Train ``model`` in place on uint8 frames and integer labels.
 
@@ -108,9 +143,10 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
     0/1 tensor) confines training to the selected coordinates (AMS).
     ``teacher_logits`` (N, K) add Hinton distillation at ``spec.kd_weight``:
     the teacher's full output says more per sample than its label.
-    ``genkd`` adds seed 2's generative feature distillation
-    (:mod:`driftlab.platform.distill.frames`): each epoch starts with its
-    CVAE phase, and every step adds its feature and attention terms.
+    ``plugins`` add parameters, per-epoch phases and loss terms through their
+    hooks (:class:`FitPlugin`; e.g. seed 2's generative feature distillation,
+    :class:`~driftlab.platform.distill.frames.GenKDTargets`); their states come
+    back in ``FitResult.plugin_states``.
     """
     n = len(labels)
     if n == 0:
@@ -133,25 +169,38 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
     w_all = w_all / w_all.mean()
     kd = spec.kd_weight if teacher_logits is not None else 0.0
     z_all = torch.as_tensor(np.asarray(teacher_logits, np.float32)[train_idx], device=device) if kd else None
-    seed2 = None
-    if genkd is not None:
-        seed2 = GenKD(model, x_all, replace(genkd, attention=np.asarray(genkd.attention)[train_idx]))
-        params += seed2.parameters()
-    opt = torch.optim.Adam(params, lr=spec.lr)
+    if len({p.name for p in plugins}) != len(plugins):
+        raise ValueError(f"fit plugins need distinct names, got {[p.name for p in plugins]}")
+    hooks: dict[str, FitHooks] = {}
+    try:
+        for p in plugins:
+            hooks[p.name] = p.start(model, x_all, train_idx)
+            params += hooks[p.name].parameters()
+        epochs_run, history, best_state = _epochs(model, params, x_all, y_all, w_all, z_all, kd, val, spec, rng,
+                                                  grad_mask, list(hooks.values()), device)
+    finally:
+        states = {name: h.close() for name, h in hooks.items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(epochs_run, len(train_idx), history, plugin_states=states)
 
+
+def _epochs(model, params, x_all, y_all, w_all, z_all, kd, val, spec, rng, grad_mask, hooks, device):
+    """The epochs of :func:`fit`: (epochs run, validation history, best state or None)."""
+    opt = torch.optim.Adam(params, lr=spec.lr)
     best_loss, best_state, since_best = float("inf"), None, 0
     history: list[float] = []
     epochs_run = 0
     for epoch in range(spec.epochs):
-        if seed2 is not None:
-            seed2.represent(model, x_all, _batches(len(train_idx), spec.batch_size, rng))
+        for h in hooks:
+            h.before_epoch(model, x_all, _batches(len(x_all), spec.batch_size, rng))
         _train_mode(model, spec.layers)
-        for b in _batches(len(train_idx), spec.batch_size, rng):
+        for b in _batches(len(x_all), spec.batch_size, rng):
             x = _augment(x_all[b], rng)
-            if seed2 is not None:
-                out, extra = seed2.forward(model, x, b)
-            else:
-                out, extra = model(x), 0.0
+            out = model(x)
+            terms = [h.loss(out, b) for h in hooks]
+            extra = sum(terms[1:], terms[0]) if terms else 0.0
             loss = nn.functional.cross_entropy(out, y_all[b], reduction="none")
             if kd:
                 loss = kd * hinton_kd_loss(out, z_all[b], spec.kd_temperature, reduction="none") \
@@ -176,11 +225,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
                     since_best += 1
                     if since_best >= spec.patience:
                         break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return FitResult(epochs_run, len(train_idx), history,
-                     genkd_parts=None if seed2 is None else seed2.state())
+    return epochs_run, history, best_state
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator):

@@ -22,7 +22,8 @@ def run(*args, **kw):
     (["--strategies", "static,nope"], "unknown strategy 'nope'"),
     (["--scenario", "volcano"], "unknown scenario 'volcano'"),
     (["--distill", "hintn"], "unknown distill 'hintn'"),
-    (["--cameras", "0"], "cameras must be a positive number"),
+    (["--cameras", "0"], "cameras must be a whole number >= 1, got 0"),
+    (["--strategies", "ams+bn"], "unknown camera component 'bn'"),
     (["--duration", "-5"], "duration must be a positive number"),
     (["--config", "/nonexistent/cfg.yaml"], "config file not found"),
     (["--source", "/nonexistent/video.mp4"], "video file not found: /nonexistent/video.mp4"),
@@ -50,11 +51,11 @@ def test_malformed_config_file(tmp_path):
     typed.write_text("costs:\n  genkd_factor: -1\n")
     out = run("--config", str(typed))
     assert out.returncode == 2 and "costs: genkd_factor must be a number >= 0, got -1" in out.stderr
-    for text, message in [("edgesync:\n  w_stale: -0.5\n", "edgesync: w_stale must be >= 0, got -0.5"),
+    for text, message in [("edgesync:\n  w_stale: -0.5\n", "edgesync: w_stale must be a number >= 0, got -0.5"),
                           ("edgesync:\n  horizon: 0\n", "edgesync: horizon must be a positive number"),
                           ("borrow: 2.5\n", "borrow must be a whole number >= 0, got 2.5"),
-                          ("edgesync:\n  bn_layers: 2.5\n",
-                           "edgesync: bn_layers must be a whole number >= 0, got 2.5")]:
+                          ("refit:\n  layers: 2.5\n", "refit: layers must be a whole number >= 0, got 2.5"),
+                          ("world:\n  size: 8\n", "world: size must be a whole number >= 16, got 8")]:
         typed.write_text(text)
         out = run("--config", str(typed))
         assert out.returncode == 2 and message in out.stderr, out.stderr

@@ -3,12 +3,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from driftlab.platform.adapters import ChangePointTrigger, PeriodTrigger, camera_components
 from driftlab.platform.config import ConfigError, SimConfig
 from driftlab.platform.drift import ChangePointParams, DriftDetector
 from driftlab.platform.metrics import reaction_time
-from driftlab.platform.runner import build_fleet
-from driftlab.platform.sim import Simulation
-from driftlab.platform.strategies import build_strategy
+from driftlab.platform.runner import build_fleet, parse_strategies
+from driftlab.platform.sim import inline_simulation
+from driftlab.platform.strategies import parse_strategy
 
 
 def _frames(rng, n, level):
@@ -54,13 +55,14 @@ def test_trigger_uploads_at_a_change_and_every_period_during_the_hold():
 
 def test_changepoint_strategies_parse_and_static_cannot_take_the_trigger():
     cfg = SimConfig(strategies=("periodic+cp", "edgesync+cp", "edgesync"))
-    s = build_strategy("edgesync+cp", cfg)
-    assert s.name == "edgesync+cp" and s.changepoint and isinstance(s.drift_detector(), DriftDetector)
-    assert build_strategy("edgesync", cfg).drift_detector() is None
+    s = parse_strategy("edgesync+cp")
+    assert s.name == "edgesync+cp" and s.changepoint
+    assert isinstance(camera_components(s, cfg, 20.0)[0], ChangePointTrigger)
+    assert type(camera_components(parse_strategy("edgesync"), cfg, 20.0)[0]) is PeriodTrigger
     with pytest.raises(ConfigError, match="static never retrains"):
-        SimConfig(strategies=("static+cp",))
+        parse_strategies(SimConfig(strategies=("static+cp",)))
     with pytest.raises(ConfigError, match=r"unknown strategy 'nope\+cp'"):
-        SimConfig(strategies=("nope+cp",))
+        parse_strategies(SimConfig(strategies=("nope+cp",)))
 
 
 def test_cameras_retrain_only_around_their_change_points(tiny_cfg):
@@ -69,9 +71,9 @@ def test_cameras_retrain_only_around_their_change_points(tiny_cfg):
     fleet = build_fleet(cfg, log=lambda *_: None)
     jobs = {}
     for name in cfg.strategies:
-        sim = Simulation(cfg, name, fleet)
+        sim = inline_simulation(cfg, name, fleet)
         jobs[name] = [j for _, _, started in sim for j in started]
-    detectors = [cam.detector for cam in sim.cameras]
+    detectors = [cam.trigger.detector for cam in sim.cameras.cameras]
     assert any(d.changes for d in detectors), "the day_night streams drift: some camera must see it"
     hold = cfg.changepoint.hold
     for j in jobs["periodic+cp"]:

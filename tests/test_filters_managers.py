@@ -5,7 +5,10 @@ import pytest
 from driftlab.platform.config import EdgeSyncParams, SimConfig
 from driftlab.platform.filters import Candidates, class_mix, edgesync_filter, mix_shift, uniform_filter
 from driftlab.platform.scheduling import Request, Samples, SampleStore, closest, condition_stats, share_gpu
-from driftlab.platform.strategies import Ekya, EdgeSync, Periodic, _extrapolate, build_strategy
+from driftlab.platform.strategies import parse_strategy
+from driftlab.platform.strategies.baselines import PeriodicManager
+from driftlab.platform.strategies.edgesync import EdgeSyncManager
+from driftlab.platform.strategies.ekya import EkyaManager, extrapolate
 
 
 def cands(n=40, confs=None, preds=None, k=4):
@@ -57,7 +60,7 @@ class NoProfiler:
 
 
 def test_periodic_is_first_come_first_served():
-    s = Periodic(SimConfig())
+    s = PeriodicManager(SimConfig())
     for r in [req(2, 60), req(0, 120), req(1, 60)]:
         s.submit(r)
     order = []
@@ -67,7 +70,7 @@ def test_periodic_is_first_come_first_served():
 
 
 def test_edgesync_orders_by_priority_skips_accurate_and_merges_stale():
-    s = EdgeSync(SimConfig())
+    s = EdgeSyncManager(SimConfig())
     s.submit(req(0, 60, acc=0.7))
     s.submit(req(1, 60, acc=0.3))
     s.submit(req(1, 120, acc=0.4))   # newer request of camera 1 supersedes the older
@@ -78,14 +81,14 @@ def test_edgesync_orders_by_priority_skips_accurate_and_merges_stale():
     jobs = s.next_batch(120.0, NoProfiler())
     assert [j.request.camera for j in jobs] == [0]
     assert s.pending == [] and s.next_batch(120.0, NoProfiler()) == []
-    never = EdgeSync(SimConfig(edgesync=EdgeSyncParams(skip_accuracy=1.01)))
+    never = EdgeSyncManager(SimConfig(edgesync=EdgeSyncParams(skip_accuracy=1.01)))
     never.submit(req(2, 120, acc=1.0))  # all of an upload agreeing still gets a job
     assert [j.request.camera for j in never.next_batch(120.0, NoProfiler())] == [2]
 
 
 def test_edgesync_leaves_a_camera_alone_until_it_drifts_from_its_first_condition():
     day = np.full(6, 0.5)
-    s = EdgeSync(SimConfig())
+    s = EdgeSyncManager(SimConfig())
     s.submit(req(0, 20, condition=day))            # the condition its initial model was fit to
     s.submit(req(1, 20, condition=day))
     assert s.next_batch(20.0, NoProfiler()) == [] and s.pending == []
@@ -95,19 +98,19 @@ def test_edgesync_leaves_a_camera_alone_until_it_drifts_from_its_first_condition
     assert s.pending == []
     s.submit(req(1, 60, condition=day))            # back in the day, but its model was retrained
     assert [j.request.camera for j in s.next_batch(60.0, NoProfiler())] == [1]
-    for off in (EdgeSync(SimConfig(edgesync=EdgeSyncParams(home_distance=0.0))),
-                build_strategy("edgesync+cp", SimConfig())):   # its first upload comes after a change
+    for off in (EdgeSyncManager(SimConfig(edgesync=EdgeSyncParams(home_distance=0.0))),
+                parse_strategy("edgesync+cp").training_manager(SimConfig())):   # its first upload comes after a change
         off.submit(req(0, 20, condition=day))
         assert [j.request.camera for j in off.next_batch(20.0, NoProfiler())] == [0]
 
 
 def test_edgesync_staleness_raises_priority():
-    s = EdgeSync(SimConfig(edgesync=EdgeSyncParams(w_stale=1.0)))
+    s = EdgeSyncManager(SimConfig(edgesync=EdgeSyncParams(w_stale=1.0)))
     assert s.priority(req(0, last=0.0), 600) > s.priority(req(0, last=500.0), 600)
 
 
 def test_ekya_plans_the_window_jointly_with_profiled_configs():
-    s = Ekya(SimConfig(cameras=2))
+    s = EkyaManager(SimConfig(cameras=2))
     s.submit(req(0, 60, acc=0.3))
     s.submit(req(1, 60, acc=0.3, ready=65.0))
     assert s.next_batch(61.0, NoProfiler()) == []       # waits for every label
@@ -120,7 +123,7 @@ def test_ekya_plans_the_window_jointly_with_profiled_configs():
 
 def test_ekya_curve_extrapolation_increases_with_epochs():
     curve = [0.5, 0.6, 0.65]
-    assert _extrapolate(curve, 10) > _extrapolate(curve, 3) > 0.5
+    assert extrapolate(curve, 10) > extrapolate(curve, 3) > 0.5
 
 
 def test_share_gpu_is_work_conserving():
@@ -133,7 +136,7 @@ def test_share_gpu_is_work_conserving():
 def test_sample_store_selects_by_time_and_labels_by_the_teachers_argmax():
     st = SampleStore()
     logits = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0]], np.float32)
-    st.add(np.zeros((3, 2, 2, 3), np.uint8), logits, np.array([10.0, 20.0, 30.0]))
+    st.add(np.zeros((3, 2, 2, 3), np.uint8), {"logits": logits}, np.array([10.0, 20.0, 30.0]))
     s = st.select(10.0, 30.0)
     assert s.labels.tolist() == [1, 2] and s.times.tolist() == [20.0, 30.0]
     np.testing.assert_array_equal(s.logits, logits[1:])
@@ -143,8 +146,11 @@ def test_sample_store_selects_by_time_and_labels_by_the_teachers_argmax():
 def test_sample_store_hides_labels_not_back_yet_and_finds_the_newest_upload():
     st = SampleStore()
     logits = np.eye(3, dtype=np.float32)
-    st.add(np.zeros((3, 2, 2, 3), np.uint8), logits, np.array([5.0, 10.0, 20.0]), ready=21.0)
-    st.add(np.ones((3, 2, 2, 3), np.uint8), logits, np.array([25.0, 30.0, 40.0]), ready=41.0)
+    st.add(np.zeros((3, 2, 2, 3), np.uint8), {"logits": logits}, np.array([5.0, 10.0, 20.0]), ready=21.0)
+    st.add(np.ones((3, 2, 2, 3), np.uint8), {"logits": logits}, np.array([25.0, 30.0, 40.0]), ready=41.0,
+           columns={"condition": np.ones((3, 6), np.float32)})
+    assert set(st.select(0.0, 40.0).columns) == set()                # a column only where every part has it
+    assert set(st.select(24.0, 40.0).columns) == {"condition"}
     assert st.select(0.0, 40.0, ready_by=30.0).times.tolist() == [5.0, 10.0, 20.0]
     assert st.select(8.0, 40.0, ready_by=41.0).times.tolist() == [10.0, 20.0, 25.0, 30.0, 40.0]
     assert st.newest(40.0).times.tolist() == [25.0, 30.0, 40.0]
@@ -156,7 +162,7 @@ def test_closest_borrows_the_samples_taken_in_the_reference_condition():
     levels = np.array([200, 40, 210, 50, 45, 220], np.uint8)     # bright (day) and dark (night)
     images = np.broadcast_to(levels[:, None, None, None], (6, 4, 4, 3)).copy()
     pool = Samples(images, np.arange(6), np.arange(6.0), np.zeros((6, 6), np.float32),
-                   np.zeros((6, 0), np.float32), condition_stats(images))
+                   {"condition": condition_stats(images)})
     night = condition_stats(np.full((2, 4, 4, 3), 42, np.uint8))
     assert closest(pool, night, 3).times.tolist() == [1.0, 3.0, 4.0]   # the dark ones, in pool order
     assert closest(pool, night, 10).times.tolist() == list(range(6))   # fewer than asked: all
@@ -164,6 +170,15 @@ def test_closest_borrows_the_samples_taken_in_the_reference_condition():
     assert len(closest(pool, night[:0], 3).labels) == 0                # nothing to compare with
 
 
-def test_unknown_strategy_is_a_clear_error():
+def test_strategy_names_compose_camera_components_and_bad_ones_are_clear_errors():
+    assert parse_strategy("edgesync").components == {"refit"}          # its paper-faithful default
+    assert parse_strategy("ams").components == frozenset()
+    assert parse_strategy("ams+refit+cp").components == {"refit", "cp"}
+    assert parse_strategy("edgesync-refit").components == frozenset()
+    assert parse_strategy("static+refit").components == {"refit"}      # a camera-side ablation
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
-        build_strategy("nope", SimConfig())
+        parse_strategy("nope")
+    with pytest.raises(ValueError, match="unknown camera component 'bn'"):
+        parse_strategy("ams+bn")
+    with pytest.raises(ValueError, match="static never retrains"):
+        parse_strategy("static+cp")

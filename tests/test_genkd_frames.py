@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from driftlab.platform.distill import DistillConfig, FeatureCVAE
-from driftlab.platform.distill.frames import GENKD_DIM, GenKD, GenKDTargets, late_map, teach
+from driftlab.platform.distill.frames import GENKD_DIM, GenKD, GenKDTargets, late_map
 from driftlab.platform.models import build_student, build_teacher, logits, to_tensor
+from driftlab.platform.teacher import teach
 from driftlab.platform.training import TrainSpec, fit
 from driftlab.platform.world import render_condition_set
 from driftlab.platform.zoo import load_teacher_genkd, teacher_genkd_checkpoint
@@ -73,15 +74,17 @@ def test_each_phase_of_a_genkd_job_leaves_the_frozen_part_untouched(frames):
     seed2 = GenKD(model, x, _targets(len(frames), 0.5))
     student, head, cvae, teacher = (_state(m) for m in (model, seed2.head, seed2.cvae, seed2.teacher_cvae))
     batches = [torch.arange(0, 16), torch.arange(16, 32)]
-    seed2.represent(model, x, batches)                          # phase a: only the CVAE learns
+    seed2.before_epoch(model, x, batches)                       # phase a: only the CVAE learns
     assert _changed(student, model) == [] and _changed(head, seed2.head) == []
     assert _changed(teacher, seed2.teacher_cvae) == [] and _changed(cvae, seed2.cvae)
     cvae = _state(seed2.cvae)
     model.train()
     opt = torch.optim.Adam(list(model.parameters()) + seed2.parameters(), 1e-3)
-    z, extra = seed2.forward(model, x[:16], batches[0])         # phase b: the CVAE is frozen
+    z = model(x[:16])                                           # phase b: the CVAE is frozen
+    extra = seed2.loss(z, batches[0])
     (torch.nn.functional.cross_entropy(z, torch.as_tensor(frames.labels[:16])) + extra).backward()
     opt.step()
+    seed2.close()
     assert _changed(cvae, seed2.cvae) == [] and _changed(teacher, seed2.teacher_cvae) == []
     assert _changed(head, seed2.head) and _changed(student, model)
 
@@ -91,10 +94,11 @@ def test_a_genkd_job_pulls_attention_to_the_teachers_and_hands_its_parts_on(fram
     means = {}
     for value in (0.1, 0.9):
         model = build_student("mobilenet_v3_small", SMALL_WORLD.num_classes)
-        result = fit(model, frames.images, frames.labels, spec, genkd=_targets(len(frames), value))
-        seed2 = GenKD(model, to_tensor(frames.images), replace(_targets(len(frames), value),
-                                                               parts=result.genkd_parts, jobs=1))
-        torch.testing.assert_close(seed2.head.state_dict(), result.genkd_parts["head"])
+        result = fit(model, frames.images, frames.labels, spec, plugins=[_targets(len(frames), value)])
+        parts = result.plugin_states["genkd"]
+        seed2 = GenKD(model, to_tensor(frames.images), replace(_targets(len(frames), value), parts=parts, jobs=1))
+        torch.testing.assert_close(seed2.head.state_dict(), parts["head"])
+        seed2.close()
         with torch.no_grad():
             seed2.head.eval()
             late = late_map(model.eval(), to_tensor(frames.images))[0]

@@ -4,13 +4,17 @@ import pandas as pd
 import pytest
 import torch
 
-from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig
+from driftlab.platform.adapters import BatchNormRefit, camera_components
+from driftlab.platform.camera import Camera, Upload, build_camera
+from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, RefitParams, SimConfig
 from driftlab.platform.metrics import format_seed_table, over_seeds
-from driftlab.platform.models import Recalibration, build_student, clone, predict, recalibrate_bn, to_tensor
+from driftlab.platform.models import build_student, clone, predict, recalibrate_bn, to_tensor
+from driftlab.platform.plugins import job_plugins
 from driftlab.platform.runner import run_inline
 from driftlab.platform.scheduling import Job, Request, condition_stats
-from driftlab.platform.sim import Camera, Server, Upload
-from driftlab.platform.strategies import STRATEGIES, build_strategy
+from driftlab.platform.server import Server
+from driftlab.platform.strategies import STRATEGIES, CameraPolicy, parse_strategy
+from driftlab.platform.strategies.base import train_spec
 from driftlab.platform.training import TrainSpec, fit, top_gradient_mask
 from driftlab.platform.world import CameraStream, get_scenario, render_condition_set
 
@@ -66,7 +70,7 @@ def test_distill_and_learning_rate_settings_reach_every_job(tiny_cfg, tmp_path):
     for name, distill, lr in [("none", "none", 1e-3), ("hinton", "hinton", 1e-3), ("genkd", "genkd", 1e-3),
                               ("fast", "hinton", 1e-2)]:
         cfg = tiny_cfg(strategies=["periodic"], distill=distill, retrain_lr=lr)
-        spec = cfg.train_spec(epochs=1)
+        spec = train_spec(cfg, epochs=1)
         assert (spec.kd_weight, spec.lr) == (DISTILL_WEIGHTS[distill], lr)
         run_inline(cfg, out_dir=str(tmp_path / name), progress=False, log=lambda *_: None)
         runs[name] = pd.read_parquet(tmp_path / name / "frames.parquet")
@@ -88,20 +92,20 @@ def test_distill_and_learning_rate_settings_reach_every_job(tiny_cfg, tmp_path):
 def test_a_job_borrows_labelled_samples_of_the_same_condition_from_other_cameras():
     def fleet_server(**cfg) -> Server:
         cfg = SimConfig(world=SMALL_WORLD, cameras=3, **cfg)
-        server = Server(cfg, [build_student(cfg.student, SMALL_WORLD.num_classes)] * 3)
+        server = Server(cfg, [build_student(cfg.student, SMALL_WORLD.num_classes)] * 3, plugins=job_plugins(cfg))
         for camera, level, times in [(2, 40, [-50.0]),              # dark, but older than the window
                                      (0, 45, [14.0, 20.0]),         # camera 0 at night
                                      (1, 50, [12.0, 16.0, 18.0]),   # camera 1 at night too, labelled next
                                      (2, 210, [15.0, 19.0])]:       # camera 2 by day
             images = np.full((len(times), 8, 8, 3), level, np.uint8)
             logits = np.eye(SMALL_WORLD.num_classes, dtype=np.float32)[[camera] * len(times)]
-            server.receive(Upload(camera, images, np.array(times), logits, 0.5, 0.0, 0.0), now=20.0)
+            server.receive(Upload(camera, images, np.array(times), {"logits": logits}, 0.5, 0.0, 0.0), now=20.0)
         return server
 
     server = fleet_server(borrow=2, borrow_window=60.0)
     own = Request(camera=0, cutoff=20.0, ready=server.stores[0].ready[0], est_accuracy=0.5,
                   mix_shift=0.0, last_update=0.0)
-    job = Job(own, server.cfg.train_spec(epochs=1), since=-100.0, tau=100.0)
+    job = Job(own, train_spec(server.cfg, epochs=1), since=-100.0, tau=100.0)
     # While only camera 0's labels are back, there is nothing to borrow.
     assert len(server.job_inputs(job, start=own.ready).labels) == 2
     inputs = server.job_inputs(job, start=30.0)
@@ -117,19 +121,28 @@ def test_a_camera_reports_the_condition_of_every_frame_since_its_last_upload():
     cfg = SimConfig(world=SMALL_WORLD, cameras=1, duration=60.0)
     source = CameraStream(cfg.world, get_scenario(cfg.scenario), 0, 1, cfg.seed, cfg.duration)
     student = build_student(cfg.student, SMALL_WORLD.num_classes)
-    camera = Camera(0, source, student, SMALL_WORLD.num_classes)
-    camera.run(20.0)
     def teach(x):
         return {"logits": np.eye(SMALL_WORLD.num_classes, dtype=np.float32)[np.zeros(len(x), int)]}
 
-    up = camera.upload(build_strategy("edgesync", cfg), 20.0, teach)
+    camera = build_camera(parse_strategy("edgesync"), cfg, 0, source, student, teach)
+    camera.run(10.0)
+    assert camera.upload(10.0, 0) is None                  # its period is 20 s: not yet
+    camera.run(20.0)
+    up = camera.upload(20.0, 1)
     seen = source.frames(0, int(round(20.0 * source.fps))).images
     assert 0 < len(up.images) < len(seen)                  # it uploads a few frames ...
     np.testing.assert_allclose(up.condition, condition_stats(seen).mean(axis=0), rtol=1e-5)  # ... of all it saw
     request = Server(cfg, [student]).receive(up, now=20.0)
     np.testing.assert_array_equal(request.condition, up.condition)
-    camera.run(40.0)   # a manager that does not read it gets none
-    assert camera.upload(build_strategy("ams", cfg), 40.0, teach).condition is None
+    ams = build_camera(parse_strategy("ams"), cfg, 0, source, student, teach)
+    ams.run(20.0)      # a manager that does not read it gets none
+    assert ams.upload(20.0, 1).condition is None
+
+
+def refitting(cfg, source, student, params: RefitParams) -> Camera:
+    """A camera holding only the BatchNorm refit."""
+    return Camera(0, source, clone(student), SMALL_WORLD.num_classes, CameraPolicy(cfg, 0),
+                  adapters=[BatchNormRefit(params)])
 
 
 def _norms(model):
@@ -158,8 +171,7 @@ def test_a_camera_refits_its_shallow_statistics_once_it_leaves_home():
     source = CameraStream(cfg.world, get_scenario("day_night"), 0, 1, cfg.seed, cfg.duration)
     student = build_student(cfg.student, SMALL_WORLD.num_classes)
     initial = [m.running_mean.clone() for m in _norms(student)]
-    camera = Camera(0, source, clone(student), SMALL_WORLD.num_classes,
-                    recalibrate=Recalibration(layers=3, window=20.0, home_distance=0.06))
+    camera = refitting(cfg, source, student, RefitParams(layers=3, window=20.0, max_window=0.0, home_distance=0.06))
     for t in (10.0, 20.0, 30.0, 40.0):   # in the day its initial model was fit to: untouched
         camera.run(t)
         assert all(torch.equal(m.running_mean, b) for m, b in zip(_norms(camera.model), initial))
@@ -176,12 +188,15 @@ def test_a_camera_refits_its_shallow_statistics_once_it_leaves_home():
     recalibrate_bn(expected, source.frames(140, 180).images, 3)
     assert camera.version == 1
     torch.testing.assert_close(_norms(camera.model)[0].running_mean, _norms(expected)[0].running_mean)
-    always = Camera(0, source, clone(student), SMALL_WORLD.num_classes,
-                    recalibrate=Recalibration(layers=3, window=20.0))   # no home: from the first tick
+    always = refitting(cfg, source, student, RefitParams(layers=3, window=20.0, max_window=0.0,
+                                                         home_distance=0.0))   # no home: from the first tick
     always.run(10.0)
     assert not torch.equal(_norms(always.model)[0].running_mean, initial[0])
-    assert build_strategy("ams", cfg).recalibration().layers == 0      # baselines never refit
-    assert build_strategy("edgesync+cp", cfg).recalibration().home_distance == 0
+    assert camera_components(parse_strategy("ams"), cfg, 20.0)[1] == []          # baselines never refit ...
+    refit, = camera_components(parse_strategy("ams+refit"), cfg, 20.0)[1]        # ... unless asked to
+    assert refit.p == cfg.refit
+    refit, = camera_components(parse_strategy("edgesync+cp"), cfg, 20.0)[1]
+    assert refit.p.home_distance == 0 and refit.p.layers == cfg.refit.layers
 
 
 def test_the_refit_window_reaches_back_while_the_condition_holds():
@@ -190,9 +205,8 @@ def test_the_refit_window_reaches_back_while_the_condition_holds():
     student = build_student(cfg.student, SMALL_WORLD.num_classes)
 
     def refitted(same_distance: float) -> torch.Tensor:   # at 100 s, 20-s blocks up to 80 s
-        camera = Camera(0, source, clone(student), SMALL_WORLD.num_classes,
-                        recalibrate=Recalibration(layers=3, window=20.0, max_window=80.0,
-                                                  same_distance=same_distance))
+        camera = refitting(cfg, source, student, RefitParams(layers=3, window=20.0, max_window=80.0,
+                                                             same_distance=same_distance, home_distance=0.0))
         for t in range(10, 101, 10):
             camera.run(float(t))
         return _norms(camera.model)[0].running_mean

@@ -9,7 +9,7 @@ import yaml
 
 from driftlab.platform.config import config_from_dict, config_to_dict, load_config
 from driftlab.platform.runner import run_inline
-from driftlab.platform.tuning import SEARCH_SPACE, accuracy_by_window
+from driftlab.platform.tuning import SEARCH_SPACE, accuracy_by_window, nest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,10 +45,12 @@ def test_tiny_search_writes_a_config_drift_sim_loads(tiny_cfg, tmp_path):
     held = pd.read_parquet(out / "heldout.parquet")
     assert set(held.set) == {"search", "held-out"} and {"default", "tuned", "gain"} <= set(held.columns)
     assert (out / "search.png").stat().st_size > 0
-    tuned = yaml.safe_load((out / "best.yaml").read_text())["edgesync"]
-    assert set(tuned) == set(SEARCH_SPACE)
+    tuned = yaml.safe_load((out / "best.yaml").read_text())
+    assert tuned.keys() == nest(SEARCH_SPACE).keys() and all(
+        tuned[section].keys() == fields.keys() for section, fields in nest(SEARCH_SPACE).items())
     best = load_config(str(out / "best.yaml"), tiny_cfg())  # what drift_sim.py --config does
-    assert all(getattr(best.edgesync, k) == v for k, v in tuned.items())
+    assert all(getattr(getattr(best, section), k) == v for section, fields in tuned.items()
+               for k, v in fields.items())
     summary = run_inline(config_from_dict({"strategies": ["edgesync"], "duration": 40.0}, best),
                          progress=False, log=lambda *_: None)
     assert 0.0 <= summary.accuracy.iloc[0] <= 1.0

@@ -10,8 +10,9 @@ single step (one gate per channel) and a classifier on the foreground features.
   :class:`FeatureCVAE` over the projected map learn seed 2's phase 1
   (:func:`train_teacher_head`). With each label the teacher then gives its
   attention on the frame.
-- A retraining job with ``distill: genkd`` (:class:`GenKD`, inside
-  :func:`driftlab.platform.training.fit`), every epoch: (a) the student
+- A retraining job with ``distill: genkd`` (the job plugin
+  :class:`GenKDPlugin`; its fit part :class:`GenKDTargets` starts a
+  :class:`GenKD` inside :func:`driftlab.platform.training.fit`), every epoch: (a) the student
   frozen, its CVAE learns the student's projected map plus generative
   distillation toward the teacher CVAE's reconstruction of that map; (b) the
   CVAE frozen, the student and its head learn the task plus the ramped
@@ -25,31 +26,36 @@ seed 2's parts shape its features during training only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import logits, to_tensor
+from ..plugins import JobPlugin
 from .losses import (attention_distillation_loss, cvae_loss, generative_distillation_loss,
                      reconstruction_weight)
 from .models import ActionOutput, FeatureCVAE, attend, temporal_attention
 from .training import DistillConfig, phase_one, set_frozen
 
-__all__ = ["GENKD_DIM", "FrameHead", "GenKDTargets", "GenKD", "late_map", "train_teacher_head", "teach"]
+__all__ = ["GENKD_DIM", "FrameHead", "GenKDPlugin", "GenKDTargets", "GenKD", "late_map", "train_teacher_head"]
 
 GENKD_DIM = 64
 """Channels of the shared space the teacher's and students' late maps are projected to."""
 
 
-def late_map(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(late feature map, logits)`` of a torchvision classifier in one pass:
-    the map is the input of its global pool (``avgpool``)."""
+def _pool(model: nn.Module) -> nn.Module:
     pool = getattr(model, "avgpool", None)
     if pool is None:
         raise ValueError(f"{type(model).__name__} has no avgpool module to take its late feature map from")
+    return pool
+
+
+def late_map(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(late feature map, logits)`` of a torchvision classifier in one pass:
+    the map is the input of its global pool (``avgpool``)."""
+    pool = _pool(model)
     seen: list[torch.Tensor] = []
     hook = pool.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
     try:
@@ -96,32 +102,37 @@ def train_teacher_head(teacher: nn.Module, x_all: torch.Tensor, labels: np.ndarr
     return head, cvae
 
 
-@torch.no_grad()
-def teach(teacher: nn.Module, images: np.ndarray, head: FrameHead | None = None,
-          batch_size: int = 256, device: torch.device | str | None = None) -> dict[str, np.ndarray]:
-    """The teacher's answer on uploaded uint8 frames: its ``logits`` (N, K)
-    and, with a seed 2 ``head``, its ``attention`` (N, dim) for genkd jobs."""
-    if head is None:
-        return {"logits": logits(teacher, images, batch_size, device)}
-    device = device or next(teacher.parameters()).device
-    teacher.eval()
-    head.eval()
-    parts = []
-    for i in range(0, len(images), batch_size):
-        late, z = late_map(teacher, to_tensor(images[i:i + batch_size], device))
-        parts.append((z.float().cpu().numpy(), head(late).attention[..., 0].float().cpu().numpy()))
-    if not parts:
-        return {"logits": logits(teacher, images),
-                "attention": np.empty((0, head.fc.in_features), np.float32)}
-    z, a = (np.concatenate(p) for p in zip(*parts))
-    return {"logits": z, "attention": a}
+class GenKDPlugin(JobPlugin):
+    """Seed 2's distillation in every retraining job (``distill: genkd``): the
+    server keeps each camera's head and CVAE from job to job and charges a
+    job ``costs.genkd_factor`` plain sample-epochs per sample-epoch."""
+
+    name = "genkd"
+
+    def __init__(self, teacher_cvae: dict):
+        self.teacher_cvae = teacher_cvae
+        self.parts: dict[int, dict] = {}   # camera -> its head and CVAE after its last job
+        self.jobs: dict[int, int] = {}     # camera -> its genkd jobs so far
+
+    def fit_plugin(self, camera: int, samples) -> GenKDTargets:
+        attention = samples.columns.get("attention", np.empty((len(samples.labels), 0), np.float32))
+        return GenKDTargets(attention, self.teacher_cvae, self.parts.get(camera), self.jobs.get(camera, 0))
+
+    def after_job(self, camera: int, state: dict | None) -> None:
+        if state is not None:
+            self.parts[camera] = state
+            self.jobs[camera] = self.jobs.get(camera, 0) + 1
+
+    def cost_factor(self, costs) -> float:
+        return costs.genkd_factor
 
 
 @dataclass
 class GenKDTargets:
-    """What a genkd retraining job needs besides its frames: the teacher's
-    attention on each frame (N, dim), the teacher CVAE's weights and the
-    camera's own head and CVAE from its previous job (``None`` before its first).
+    """What a genkd retraining job carries besides its frames (a
+    :class:`~driftlab.platform.training.FitPlugin`): the teacher's attention
+    on each frame (N, dim), the teacher CVAE's weights and the camera's own
+    head and CVAE from its previous job (``None`` before its first).
 
     ``jobs`` counts the camera's earlier genkd jobs (the ramp's clock)."""
 
@@ -129,6 +140,10 @@ class GenKDTargets:
     teacher_cvae: dict
     parts: dict | None = None
     jobs: int = 0
+    name = "genkd"
+
+    def start(self, model: nn.Module, x_all: torch.Tensor, train_idx: np.ndarray) -> "GenKD":
+        return GenKD(model, x_all, replace(self, attention=np.asarray(self.attention)[train_idx]))
 
 
 class GenKD:
@@ -153,8 +168,11 @@ class GenKD:
         self.cvae_opt = torch.optim.Adam(self.cvae.parameters(), lr=cfg.cvae_lr, betas=(0.8, 0.999))
         self.attention = torch.as_tensor(np.asarray(targets.attention, np.float32), device=images.device)
         self.weight = reconstruction_weight(targets.jobs + 1, cfg.ramp_epochs, cfg.recon_peak)
+        # The student's late map of each forward pass, for the loss terms.
+        self._late: torch.Tensor | None = None
+        self._hook = _pool(model).register_forward_hook(lambda _m, args, _out: setattr(self, "_late", args[0]))
 
-    def represent(self, model: nn.Module, images: torch.Tensor, batches) -> None:
+    def before_epoch(self, model: nn.Module, images: torch.Tensor, batches) -> None:
         """Phase a: the student and head frozen, the CVAE learns the student's
         projected map, pulled toward the teacher CVAE's reconstruction of it."""
         was_training = model.training
@@ -175,21 +193,20 @@ class GenKD:
         set_frozen(self.head, False)
         model.train(was_training)
 
-    def forward(self, model: nn.Module, x: torch.Tensor,
-                b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Phase b on a batch ``x`` of frames ``b``: the student's logits and
+    def loss(self, out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Phase b, after the student's forward pass over the frames ``b``:
         seed 2's extra loss (ramped generated-feature term + attention distillation)."""
-        late, logits = late_map(model, x)
-        out = self.head(late)
-        extra = (self.weight * F.mse_loss(self.cvae.generate(out.attention), out.features)
-                 + self.cfg.beta * attention_distillation_loss(out.attention[..., 0], self.attention[b]))
-        return logits, extra
+        head = self.head(self._late)
+        return (self.weight * F.mse_loss(self.cvae.generate(head.attention), head.features)
+                + self.cfg.beta * attention_distillation_loss(head.attention[..., 0], self.attention[b]))
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
-    def state(self) -> dict:
+    def close(self) -> dict:
         """The camera's head and CVAE after this job, for its next one."""
+        self._hook.remove()
+
         def cpu(m: nn.Module) -> dict:
             return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
         return {"head": cpu(self.head), "cvae": cpu(self.cvae)}

@@ -10,6 +10,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from ..validation import check_positive, check_range, check_whole
 from .conditions import Scenario
 from .render import NUM_SHAPES, apply_condition, draw_object, render_background
 
@@ -34,12 +35,11 @@ class WorldConfig:
     object_seconds: float = 4.0
 
     def __post_init__(self):
-        if not 16 <= self.size <= 512:
-            raise ValueError(f"world.size must be in [16, 512], got {self.size}")
-        if not 2 <= self.num_classes <= NUM_SHAPES:
-            raise ValueError(f"world.num_classes must be in [2, {NUM_SHAPES}], got {self.num_classes}")
-        if self.fps <= 0 or self.object_seconds <= 0:
-            raise ValueError("world.fps and world.object_seconds must be positive")
+        check_whole(self, "size", minimum=16)
+        check_range(self, "size", 16, 512)
+        check_whole(self, "num_classes", minimum=2)
+        check_range(self, "num_classes", 2, NUM_SHAPES)
+        check_positive(self, "fps", "object_seconds")
 
 
 @dataclass

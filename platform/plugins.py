@@ -1,0 +1,96 @@
+"""Job plugins: what a fleet adds to every retraining job, whatever the strategy.
+
+A plugin keeps its own per-camera state on the server and hooks into the job's
+life, the way Avalanche's ``LwFPlugin`` adds its loss term without the training
+loop knowing it:
+
+- :meth:`JobPlugin.columns`: per-sample columns stored with each upload;
+- :meth:`JobPlugin.extend`: the job's samples (add or drop some);
+- :meth:`JobPlugin.fit_plugin`: a part that runs inside
+  :func:`~driftlab.platform.training.fit` (extra parameters, epoch phases,
+  loss terms; see :class:`~driftlab.platform.training.FitPlugin`);
+- :meth:`JobPlugin.after_job`: the state that part returned;
+- :meth:`JobPlugin.cost_factor`: the job's cost on the virtual clock.
+
+The fleet's plugins come from its config (:func:`job_plugins`): ``borrow``
+> 0 adds :class:`Borrowing`, ``distill: genkd`` adds seed 2's
+:class:`~driftlab.platform.distill.frames.GenKDPlugin`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .scheduling import Samples, closest, condition_stats
+
+if TYPE_CHECKING:
+    from .camera import Upload
+    from .config import CostModel, SimConfig
+    from .server import Server
+    from .training import FitPlugin
+
+__all__ = ["JobPlugin", "Borrowing", "job_plugins"]
+
+
+class JobPlugin:
+    """Hooks a job plugin may fill in (each a no-op here)."""
+
+    name = "plugin"
+
+    def columns(self, upload: Upload) -> dict[str, np.ndarray]:
+        """Per-sample columns (N, ...) to store with ``upload``'s frames."""
+        return {}
+
+    def extend(self, server: Server, camera: int, samples: Samples, cutoff: float, start: float) -> Samples:
+        """The samples of camera ``camera``'s job (requested at ``cutoff``, starting at ``start``)."""
+        return samples
+
+    def fit_plugin(self, camera: int, samples: Samples) -> FitPlugin | None:
+        """The part that trains inside the job, or ``None``."""
+        return None
+
+    def after_job(self, camera: int, state: Any) -> None:
+        """What this plugin's fit part returned (``None`` if it did not run)."""
+
+    def cost_factor(self, costs: CostModel) -> float:
+        """The job's sample-epochs cost this many plain ones."""
+        return 1.0
+
+
+class Borrowing(JobPlugin):
+    """Every job adds to its camera's samples up to ``k`` of the other cameras'
+    uploads of the last ``window`` seconds (labelled by the job's start), the
+    closest in condition (mean and spread of each colour channel) to the
+    camera's newest upload: cameras that met a condition first teach the ones
+    that meet it later (in the spirit of ECCO's correlated-drift groups).
+
+    Each upload's conditions are computed once, when it arrives."""
+
+    name = "borrow"
+
+    def __init__(self, k: int, window: float):
+        self.k, self.window = k, window
+
+    def columns(self, upload: Upload) -> dict[str, np.ndarray]:
+        return {"condition": condition_stats(upload.images)}
+
+    def extend(self, server: Server, camera: int, samples: Samples, cutoff: float, start: float) -> Samples:
+        pool = Samples.concat([store.select(cutoff - self.window, cutoff, ready_by=start)
+                               for j, store in enumerate(server.stores) if j != camera])
+        newest = server.stores[camera].newest(cutoff).columns.get("condition", np.empty((0, 6), np.float32))
+        return Samples.concat([samples, closest(pool, newest, self.k)])
+
+
+def job_plugins(cfg: SimConfig, teacher_cvae: dict | None = None) -> list[JobPlugin]:
+    """The job plugins ``cfg`` asks for (genkd needs the teacher CVAE's weights)."""
+    plugins: list[JobPlugin] = []
+    if cfg.borrow > 0:
+        plugins.append(Borrowing(cfg.borrow, cfg.borrow_window))
+    if cfg.distill == "genkd":
+        from .distill.frames import GenKDPlugin
+
+        if teacher_cvae is None:
+            raise ValueError("distill 'genkd' needs the teacher's seed 2 CVAE")
+        plugins.append(GenKDPlugin(teacher_cvae))
+    return plugins

@@ -1,0 +1,221 @@
+"""The server's side of the loop: labelled samples, jobs and the GPU timeline.
+
+:class:`Server` stores what the cameras upload, makes each job's
+self-contained :class:`JobInputs`, and keeps its copy of every camera's
+student. :func:`serve_jobs` lets a strategy's training manager start jobs on
+the virtual GPU timeline and turns finished jobs into deployments. Job plugins
+(:mod:`driftlab.platform.plugins`) add samples, columns, loss terms and cost
+to jobs; the server calls their hooks and knows no plugin.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .camera import Upload
+from .models import build_student, clone, count_params
+from .plugins import JobPlugin
+from .scheduling import Job, Request, SampleStore, share_gpu
+from .strategies import TrainingManager
+from .strategies.base import train_spec
+from .training import FitPlugin, FitResult, TrainSpec, fit, top_gradient_mask
+
+if TYPE_CHECKING:
+    from .config import SimConfig
+
+__all__ = ["Server", "JobInputs", "JobRecord", "Deployment", "Executor", "run_job", "serve_jobs"]
+
+
+@dataclass
+class JobRecord:
+    """One finished retraining job, on the virtual clock."""
+
+    camera: int
+    submitted: float
+    started: float
+    finished: float
+    deployed: float
+    samples: int
+    epochs: int
+    gpu_s: float
+
+
+@dataclass
+class JobInputs:
+    """Everything a retraining job needs, self-contained so it can run in
+    another process (a Ray Train worker) as well as in this one.
+
+    Attributes:
+        arch, num_classes: the student's architecture.
+        state: its starting weights.
+        images, labels: uint8 (N, H, W, 3) frames and int labels (N,).
+        weights: per-sample loss weights (N,) or ``None``.
+        spec: how to train.
+        update_fraction: share of parameters the job may change (AMS).
+        teacher_logits: (N, K) for Hinton distillation (``spec.kd_weight``).
+        plugins: the job plugins' parts inside :func:`~driftlab.platform.training.fit`.
+    """
+
+    arch: str
+    num_classes: int
+    state: dict
+    images: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None
+    spec: TrainSpec
+    update_fraction: float = 1.0
+    teacher_logits: np.ndarray | None = None
+    plugins: list[FitPlugin] = field(default_factory=list)
+
+    def run(self, device: torch.device | str = "cpu") -> tuple[dict, FitResult]:
+        return run_job(self, device)
+
+
+@dataclass
+class Deployment:
+    """New weights for a camera, arriving at stream time ``record.deployed``."""
+
+    record: JobRecord
+    version: int
+    state: dict
+
+
+def run_job(inputs: JobInputs, device: torch.device | str = "cpu") -> tuple[dict, FitResult]:
+    """Train a fresh copy of the server's student on the job's samples; return
+    the new weights (on CPU) and what the training ran."""
+    model = build_student(inputs.arch, inputs.num_classes)
+    model.load_state_dict(inputs.state)
+    # Arrays from Ray's object store are read-only; torch wants writable ones.
+    images, labels = (np.require(a, requirements="W") for a in (inputs.images, inputs.labels))
+    mask = None
+    if inputs.update_fraction < 1.0 and len(labels) >= 2:
+        mask = top_gradient_mask(model, images, labels, inputs.update_fraction, device)
+    result = fit(model, images, labels, inputs.spec, weights=inputs.weights, grad_mask=mask,
+                 teacher_logits=inputs.teacher_logits, plugins=inputs.plugins, device=device)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, result
+
+
+class Server:
+    """The server's state: each camera's labelled-sample store, its copy of
+    each camera's student, the job plugins, and the timelines of the teacher
+    and of the GPUs retraining runs on. The teacher itself labels on the
+    camera's call (:meth:`Camera.upload`)."""
+
+    def __init__(self, cfg: SimConfig, students: list[nn.Module], device: torch.device | str = "cpu",
+                 plugins: list[JobPlugin] = ()):
+        self.cfg, self.device = cfg, device
+        self.plugins = list(plugins)
+        self.models = [clone(s) for s in students]
+        self.stores = [SampleStore() for _ in students]
+        self.gpu_free_at = 0.0
+        self.teacher_free_at = 0.0
+        self.versions = [0] * len(students)
+        self.label_gpu_s = 0.0
+        self.uploaded = 0
+
+    def receive(self, up: Upload, now: float) -> Request:
+        """Store an upload's labelled frames; charge the teacher's time; the
+        retraining request is ready when the labels are."""
+        cost = len(up.images) * self.cfg.costs.label_s_per_frame
+        self.label_gpu_s += cost
+        self.uploaded += len(up.images)
+        self.teacher_free_at = max(self.teacher_free_at, now) + cost
+        columns = {k: v for p in self.plugins for k, v in p.columns(up).items()}
+        self.stores[up.camera].add(up.images, up.taught, up.times, ready=self.teacher_free_at, columns=columns)
+        return Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
+                       est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
+                       last_update=up.last_update, condition=up.condition)
+
+    # --- Profiler protocol (Ekya's micro-profiler) -----------------------------
+    def num_samples(self, camera: int, since: float, until: float) -> int:
+        return len(self.stores[camera].select(since, until).labels)
+
+    def profile(self, camera: int, since: float, until: float, layers: str,
+                epochs: int) -> tuple[list[float], int]:
+        s = self.stores[camera].select(since, until)
+        if len(s.labels) < 8:
+            return [], 0
+        rng = np.random.default_rng(len(s.labels) * 7919 + camera)
+        perm = rng.permutation(len(s.labels))
+        n_val = max(2, len(s.labels) // 4)
+        val, tr = perm[:n_val], perm[n_val:]
+        spec = train_spec(self.cfg, epochs=epochs, layers=layers, seed=int(rng.integers(2**31)))
+        result = fit(clone(self.models[camera]), s.images[tr], s.labels[tr], spec,
+                     val=(s.images[val], s.labels[val]), teacher_logits=s.logits[tr], device=self.device)
+        return result.val_accuracy, result.sample_epochs
+
+    # --- retraining ----------------------------------------------------------
+    def job_inputs(self, job: Job, start: float) -> JobInputs:
+        """The samples, weights and starting weights of ``job``, which starts at ``start``."""
+        r = job.request
+        s = self.stores[r.camera].select(job.since, r.cutoff)
+        if job.data_fraction < 1.0 and len(s.labels):
+            rng = np.random.default_rng(job.spec.seed)
+            n = len(s.labels)
+            s = s.subset(np.sort(rng.choice(n, max(1, int(round(job.data_fraction * n))), replace=False)))
+        for p in self.plugins:
+            s = p.extend(self, r.camera, s, r.cutoff, start)
+        weights = None if job.tau is None else np.exp(-(r.cutoff - s.times) / job.tau)
+        state = {k: v.detach().cpu() for k, v in self.models[r.camera].state_dict().items()}
+        fit_plugins = [fp for p in self.plugins if (fp := p.fit_plugin(r.camera, s)) is not None]
+        return JobInputs(self.cfg.student, self.cfg.world.num_classes, state, s.images, s.labels,
+                         weights, job.spec, job.update_fraction,
+                         teacher_logits=s.logits if job.spec.kd_weight > 0 else None, plugins=fit_plugins)
+
+    def finish(self, camera: int, state: dict, result: FitResult) -> int:
+        """Take a finished job's weights as the camera's model; returns its new version."""
+        self.models[camera].load_state_dict(state)
+        self.versions[camera] += 1
+        for p in self.plugins:
+            p.after_job(camera, result.plugin_states.get(p.name))
+        return self.versions[camera]
+
+    def work_s(self, result: FitResult, overhead_s: float) -> float:
+        """GPU-seconds a finished job is charged (its plugins' extra cost included)."""
+        costs = self.cfg.costs
+        factor = math.prod(p.cost_factor(costs) for p in self.plugins)
+        return result.sample_epochs * costs.train_s_per_sample_epoch * factor + overhead_s
+
+    def downlink_s(self, camera: int, fraction: float) -> float:
+        return count_params(self.models[camera]) / 1e6 * fraction * self.cfg.costs.downlink_s_per_mparam
+
+
+Executor = Callable[[list[JobInputs]], list["tuple[dict, FitResult] | None"]]
+"""Runs a batch of jobs (here, or on Ray Train); ``None`` for a job that failed."""
+
+
+def serve_jobs(manager: TrainingManager, server: Server, until: float, execute: Executor) -> list[Deployment]:
+    """Start every job ``manager`` schedules before ``until``: ``execute`` runs
+    each batch, the GPU timeline charges them, and each finished job becomes a
+    deployment."""
+    out: list[Deployment] = []
+    while manager.pending:
+        start = max(server.gpu_free_at, min(r.ready for r in manager.pending))
+        if start >= until:
+            break
+        batch = manager.next_batch(start, server)
+        if not batch:
+            nxt = [r.ready for r in manager.pending if r.ready > start]
+            if not nxt:
+                break  # the manager declined every ready request
+            server.gpu_free_at = max(server.gpu_free_at, min(nxt))
+            continue
+        done = [(job, res) for job, res in zip(batch, execute([server.job_inputs(j, start) for j in batch]))
+                if res is not None]
+        if not done:
+            continue  # every job failed: nothing ran, the GPUs stay free
+        work = [server.work_s(fit_, job.overhead_s) for job, (_, fit_) in done]
+        finishes = share_gpu(start, work, [job.share for job, _ in done], server.cfg.server_gpus)
+        server.gpu_free_at = max(finishes)
+        for (job, (state, fit_)), fin, w in zip(done, finishes, work):
+            cam = job.request.camera
+            version = server.finish(cam, state, fit_)
+            deployed = fin + server.downlink_s(cam, job.update_fraction)
+            out.append(Deployment(JobRecord(cam, job.request.cutoff, start, fin, deployed,
+                                            fit_.samples, fit_.epochs_run, w), version, state))
+    return out
