@@ -23,9 +23,9 @@ import ray
 from ray import cloudpickle
 
 from driftlab.platform.config import SimConfig
-from driftlab.platform.runner import build_fleet, parse_strategies, run_strategies, set_determinism
+from driftlab.platform.runner import build_fleet, run_strategies, set_determinism
 from driftlab.platform.sim import Simulation
-from driftlab.platform.strategies import Strategy
+from driftlab.platform.strategies import Strategy, parse_strategies
 from driftlab.platform.validation import ConfigError, check_non_negative, check_whole
 from driftlab.platform.zoo import teacher_checkpoint
 

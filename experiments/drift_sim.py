@@ -29,8 +29,7 @@ import pandas as pd
 
 from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig, config_from_dict, load_config
 from driftlab.platform.metrics import format_seed_table, format_table, over_seeds, write_parquet
-from driftlab.platform.runner import parse_strategies
-from driftlab.platform.strategies import COMPONENTS, STRATEGIES
+from driftlab.platform.strategies import COMPONENTS, STRATEGIES, parse_strategies
 from driftlab.platform.world import SCENARIOS, VideoError
 
 

@@ -44,9 +44,10 @@ def load_run(path: str) -> tuple[pd.DataFrame, dict]:
     return rows, info
 
 
-def _pm(values: pd.Series) -> str:
+def _pm(values: pd.Series, sign: str = "") -> str:
     values = 100 * values
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+    mean = f"{values.mean():{sign}.1f}"
+    return f"{mean} ± {values.std(ddof=1):.1f}" if len(values) > 1 else mean
 
 
 def table(runs: list[tuple[pd.DataFrame, dict]], pairs: list[tuple[str, str]], metric: str) -> str:
@@ -58,7 +59,7 @@ def table(runs: list[tuple[pd.DataFrame, dict]], pairs: list[tuple[str, str]], m
         cells = [info["scenario"], str(len(wide))]
         cells += [_pm(wide[s]) if s in wide else "" for s in strategies]
         for a, b in pairs:
-            cells.append(_pm(wide[a] - wide[b]) if a in wide and b in wide else "")
+            cells.append(_pm(wide[a] - wide[b], "+") if a in wide and b in wide else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

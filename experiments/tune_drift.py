@@ -30,8 +30,7 @@ import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 
 from driftlab.platform.config import ConfigError, SimConfig, config_from_dict, load_config  # noqa: E402
-from driftlab.platform.runner import parse_strategies  # noqa: E402
-from driftlab.platform.strategies import STRATEGIES  # noqa: E402
+from driftlab.platform.strategies import STRATEGIES, parse_strategies  # noqa: E402
 from driftlab.platform.tuning import SEARCH_SPACE, accuracy_by_window, nest, with_params  # noqa: E402
 from driftlab.platform.world import SCENARIOS  # noqa: E402
 

@@ -15,16 +15,16 @@ import pandas as pd
 import torch
 import yaml
 
-from .config import ConfigError, SimConfig, config_to_dict
+from .config import SimConfig, config_to_dict
 from .metrics import ResultSink, plot_accuracy
 from .models import default_device, predict
 from .sim import Fleet, Simulation, inline_simulation
-from .strategies import Strategy, parse_strategy
+from .strategies import parse_strategies
 from .world import CameraStream, VideoFileSource, get_scenario
 from .zoo import (initial_student, load_teacher, load_teacher_genkd, teacher_checkpoint,
                   teacher_genkd_checkpoint)
 
-__all__ = ["build_fleet", "run_inline", "run_strategies", "parse_strategies", "set_determinism"]
+__all__ = ["build_fleet", "run_inline", "run_strategies", "set_determinism"]
 
 
 def set_determinism(threads: int | None = None) -> None:
@@ -65,15 +65,6 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
         fleet.genkd_checkpoint = teacher_genkd_checkpoint(cfg.world, teacher, checkpoint, device, log)
         fleet.teacher_head, fleet.teacher_cvae = load_teacher_genkd(fleet.genkd_checkpoint, device)
     return fleet
-
-
-def parse_strategies(cfg: SimConfig) -> list[Strategy]:
-    """``cfg.strategies`` parsed (see :func:`~driftlab.platform.strategies.parse_strategy`);
-    an unknown name is a :class:`ConfigError`."""
-    try:
-        return [parse_strategy(name) for name in cfg.strategies]
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True,

@@ -1,5 +1,6 @@
 """drift_sim.py from the command line: bad input gives one clear message and a
 non-zero exit; several seeds give each run and the table over them."""
+import json
 import pathlib
 import subprocess
 import sys
@@ -91,3 +92,17 @@ def test_several_seeds_run_each_and_report_mean_and_std(tiny_cfg, tmp_path):
     assert over.loc["periodic", "accuracy"] == pytest.approx(acc.periodic.mean())
     assert over.loc["periodic", "margin"] == pytest.approx((acc.periodic - acc.static).mean())
     assert "mean ± std over seeds 4,5" in out.stdout and "vs best other" in out.stdout
+    # The run says where it came from, and report.py makes its table from the Parquet.
+    info = json.loads((tmp_path / "runs" / "run.json").read_text())
+    assert info["command"].startswith("python experiments/drift_sim.py --inline") and info["model_cache"]
+    table = tmp_path / "table.md"
+    rep = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path / "runs"),
+                          "--pairs", "periodic:static", "--out", str(table)], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    diff = acc.periodic - acc.static
+    row = f"| day_night | 2 | {100 * acc.static.mean():.1f} ± {100 * acc.static.std():.1f} |"
+    assert row in table.read_text() and f"{100 * diff.mean():+.1f} ± {100 * diff.std():.1f} |" in table.read_text()
+    assert info["command"] in table.read_text()
+    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no summary.parquet" in bad.stderr and "Traceback" not in bad.stderr

@@ -7,9 +7,9 @@ from driftlab.platform.adapters import ChangePointTrigger, PeriodTrigger, camera
 from driftlab.platform.config import ConfigError, SimConfig
 from driftlab.platform.drift import ChangePointParams, DriftDetector
 from driftlab.platform.metrics import reaction_time
-from driftlab.platform.runner import build_fleet, parse_strategies
+from driftlab.platform.runner import build_fleet
 from driftlab.platform.sim import inline_simulation
-from driftlab.platform.strategies import parse_strategy
+from driftlab.platform.strategies import parse_strategies, parse_strategy
 
 
 def _frames(rng, n, level):

@@ -9,7 +9,8 @@ baselines' constants sit in one cited table each (``AMS_CONFIG``, ``EKYA_CONFIG`
 # Registered in this order (the default table's order).
 from . import baselines, ams, ekya, edgesync  # noqa: F401,I001
 from .base import CameraPolicy, Profiler, TrainingManager
-from .registry import COMPONENTS, STRATEGIES, Strategy, StrategyDef, parse_strategy, register_strategy
+from .registry import (COMPONENTS, STRATEGIES, Strategy, StrategyDef, parse_strategies, parse_strategy,
+                       register_strategy)
 
 __all__ = ["CameraPolicy", "TrainingManager", "Profiler", "COMPONENTS", "STRATEGIES", "Strategy", "StrategyDef",
-           "parse_strategy", "register_strategy"]
+           "parse_strategy", "parse_strategies", "register_strategy"]

@@ -19,12 +19,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..validation import ConfigError
 from .base import CameraPolicy, TrainingManager
 
 if TYPE_CHECKING:
     from ..config import SimConfig
 
-__all__ = ["COMPONENTS", "STRATEGIES", "StrategyDef", "Strategy", "register_strategy", "parse_strategy"]
+__all__ = ["COMPONENTS", "STRATEGIES", "StrategyDef", "Strategy", "register_strategy", "parse_strategy",
+           "parse_strategies"]
 
 COMPONENTS: dict[str, str] = {
     "cp": "change-point trigger: upload and retrain when the camera's feature stream "
@@ -123,3 +125,11 @@ def parse_strategy(name: str) -> Strategy:
     if "cp" in components and not definition.adapts:
         raise ValueError(f"strategy {name!r}: {base} never retrains, so it has nothing to trigger")
     return Strategy(name, definition, frozenset(components))
+
+
+def parse_strategies(cfg: SimConfig) -> list[Strategy]:
+    """``cfg.strategies`` parsed; an unknown name is a :class:`ConfigError`."""
+    try:
+        return [parse_strategy(name) for name in cfg.strategies]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
