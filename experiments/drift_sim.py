@@ -135,15 +135,9 @@ def run_seeds(cfg: SimConfig, seeds: list[int], run: Runner, out: str | None) ->
     return table
 
 
-def write_provenance(cfg: SimConfig, argv: list[str], out: str) -> None:
-    """``out/run.json``: the command, commit, date and model cache of a run
-    (what ``experiments/report.py`` cites under a table)."""
-    import datetime
-    import hashlib
-    import json
+def current_commit() -> str:
+    """The checkout's commit (``+changes`` when tracked files differ from it), read when a run starts."""
     import subprocess
-
-    from driftlab.platform.zoo import teacher_checkpoint
 
     try:
         here = os.path.dirname(os.path.abspath(__file__))
@@ -154,9 +148,21 @@ def write_provenance(cfg: SimConfig, argv: list[str], out: str) -> None:
         commit += "+changes" if commit and dirty else ""
     except (OSError, subprocess.SubprocessError):
         commit = ""
+    return commit or "unknown"
+
+
+def write_provenance(cfg: SimConfig, argv: list[str], out: str, commit: str) -> None:
+    """``out/run.json``: the command, commit (as the run started), date and
+    model cache of a run (what ``experiments/report.py`` cites under a table)."""
+    import datetime
+    import hashlib
+    import json
+
+    from driftlab.platform.zoo import teacher_checkpoint
+
     with open(teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=lambda *_: None), "rb") as f:
         model_cache = "teacher " + hashlib.sha256(f.read()).hexdigest()[:12]
-    info = {"command": " ".join(["python experiments/drift_sim.py", *argv]), "commit": commit or "unknown",
+    info = {"command": " ".join(["python experiments/drift_sim.py", *argv]), "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "model_cache": model_cache}
     with open(os.path.join(out, "run.json"), "w") as f:
         json.dump(info, f, indent=1)
@@ -165,6 +171,7 @@ def write_provenance(cfg: SimConfig, argv: list[str], out: str) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    commit = current_commit()
     try:
         cfg, seeds = resolve_config(args)
         t0 = time.time()
@@ -178,7 +185,7 @@ def main(argv=None) -> int:
             table = f"mean ± std over seeds {','.join(map(str, seeds))}\n" + format_seed_table(
                 run_seeds(cfg, seeds, run, args.out))
         if args.out:
-            write_provenance(cfg, argv, args.out)
+            write_provenance(cfg, argv, args.out, commit)
     except (ConfigError, VideoError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -94,7 +94,7 @@ def test_several_seeds_run_each_and_report_mean_and_std(tiny_cfg, tmp_path):
     assert "mean ± std over seeds 4,5" in out.stdout and "vs best other" in out.stdout
     # The run says where it came from, and report.py makes its table from the Parquet.
     info = json.loads((tmp_path / "runs" / "run.json").read_text())
-    assert info["command"].startswith("python experiments/drift_sim.py --inline") and info["model_cache"]
+    assert info["command"].startswith("python experiments/drift_sim.py --inline") and info["model_cache"] and info["commit"]
     table = tmp_path / "table.md"
     rep = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path / "runs"),
                           "--pairs", "periodic:static", "--out", str(table)], capture_output=True, text=True)
