@@ -1,21 +1,25 @@
-"""One Ray actor per edge camera, wrapping :class:`driftlab.platform.camera.Camera`.
+"""Ray actors hosting groups of edge cameras, each wrapping a
+:class:`driftlab.platform.camera.CameraGroup`.
 
-The actor plays its stream, infers every frame with its student, runs its
-strategy's camera policy and asks the Serve teacher (through a
-``DeploymentHandle``) to label its picks. It builds only the camera half of a
-strategy (:meth:`Strategy.camera_policy`), from the :class:`Strategy` value
-it is sent (so a strategy registered in the user's own module needs no import
-here). It reports per-camera accuracy and uploads as Ray metrics.
+An actor hosts a shard of the fleet's cameras (one process, one copy of
+torch, for many cameras): it plays their streams, infers every frame with
+their students, runs their strategy's camera policy and asks the Serve
+teacher (through a ``DeploymentHandle``) to label their picks. It builds only
+the camera half of a strategy (:meth:`Strategy.camera_policy`), from the
+:class:`Strategy` value it is sent (so a strategy registered in the user's
+own module needs no import here). It reports per-camera accuracy and uploads
+as Ray metrics.
 
 Every call answers ``(status, payload)`` as two objects: the driver reads the
-small status and passes the payload on by reference (an upload goes to the
-manager actor without passing through the driver).
+small status and passes the payload on by reference (a group's uploads go to
+the manager actor without passing through the driver).
 
-Crash recovery by deterministic replay: a camera's state is a pure function of
+Crash recovery by deterministic replay: a group's state is a pure function of
 the calls it received (start, deploy, run, upload), so the driver keeps that
-call log (:class:`CameraProxy`) and, when the actor comes back from a restart,
-replays it before going on. The restarted camera resumes at exactly the frame
-and model where the old one stopped; nothing already reported is redone.
+call log (:class:`CameraProxy`) and, when the actor comes back from a restart
+(its node lost, or the process killed), replays it before going on. The
+restarted cameras resume at exactly the frame and model where the old ones
+stopped; nothing already reported is redone.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from driftlab.platform.camera import Camera, build_camera
+from driftlab.platform.camera import CameraGroup, build_camera
 from driftlab.platform.config import SimConfig
 from driftlab.platform.models import build_student, default_device
 from driftlab.platform.runner import set_determinism
@@ -34,7 +38,7 @@ from driftlab.platform.server import Deployment
 from driftlab.platform.strategies import Strategy
 from driftlab.platform.world import FrameSource
 
-__all__ = ["CameraActor", "CameraProxy", "RayCameras", "STALE"]
+__all__ = ["CameraGroupActor", "CameraProxy", "RayCameras", "STALE"]
 
 STALE = "stale"  # status of a call whose sequence number the actor did not expect
 _OK = "ok"
@@ -42,21 +46,30 @@ _LABEL_TRIES = 8
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
-class CameraActor:
-    """An edge camera. Every call carries its position in the camera's call
-    log; a fresh (restarted) actor answers :data:`STALE` until replayed."""
+class CameraGroupActor:
+    """A shard of edge cameras. Every call carries its position in the
+    group's call log; a fresh (restarted) actor answers :data:`STALE` until replayed.
 
-    def __init__(self, index: int, source: FrameSource, student_state: dict, cfg: SimConfig,
-                 teacher):
+    Args:
+        indices: the cameras' indices in the fleet.
+        sources: references to their frame sources (one object for cameras sharing a file).
+        student_states: references to their initial students' weights.
+        cfg: the run's config.
+        teacher: the Serve teacher's ``DeploymentHandle``.
+    """
+
+    def __init__(self, indices: list[int], sources: list[FrameSource], student_states: list[dict],
+                 cfg: SimConfig, teacher):
         from ray.util.metrics import Counter, Gauge
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # handle chatter
         set_determinism()
-        self.index, self.source, self.cfg, self.teacher = index, source, cfg, teacher
-        self.student_state = student_state
+        self.indices, self.cfg, self.teacher = list(indices), cfg, teacher
+        self.sources: list[FrameSource] = ray.get(list(sources))
+        self.student_states: list[dict] = ray.get(list(student_states))
         self.device = default_device()
         self.calls = 0
-        self.camera: Camera | None = None
+        self.group: CameraGroup | None = None
         self.strategy: Strategy | None = None
         tags = ("camera", "strategy")
         self._accuracy = Gauge("driftlab_camera_accuracy", "accuracy of the camera's last tick",
@@ -73,50 +86,61 @@ class CameraActor:
         self.calls += 1
         return _OK, out
 
-    def _start(self, strategy: Strategy) -> None:
-        """Begin a strategy's run: the initial student, the stream's start."""
-        model = build_student(self.cfg.student, self.cfg.world.num_classes)
-        model.load_state_dict(self.student_state)
-        self.strategy = strategy
-        self.camera = build_camera(strategy, self.cfg, self.index, self.source,
-                                   model.to(self.device).eval(), self._teach)
+    def node_id(self) -> str:
+        """The Ray node this actor runs on."""
+        return ray.get_runtime_context().get_node_id()
 
-    def _deploy(self, t: float, version: int, state: dict) -> None:
-        self.camera.deploy_at(t, version, state)
+    def _start(self, strategy: Strategy) -> None:
+        """Begin a strategy's run: the initial students, the streams' start."""
+        self.strategy = strategy
+        cameras = []
+        for i, source, state in zip(self.indices, self.sources, self.student_states):
+            model = build_student(self.cfg.student, self.cfg.world.num_classes)
+            model.load_state_dict(state)
+            cameras.append(build_camera(strategy, self.cfg, i, source, model.to(self.device).eval(),
+                                        lambda images: self._label_all([images])[0]))
+        self.group = CameraGroup(cameras, label_all=lambda _cameras, images: self._label_all(images))
+
+    def _deploy(self, camera: int, t: float, version: int, state: dict) -> None:
+        self.group.deploy_at(camera, t, version, state)
 
     def _run(self, until: float):
-        log = self.camera.run(until)
-        known = log.labels >= 0
-        if known.any():
-            self._accuracy.set(float((log.preds[known] == log.labels[known]).mean()), self._tags())
-        return log
+        logs = self.group.run(until)
+        for log in logs:
+            known = log.labels >= 0
+            if known.any():
+                self._accuracy.set(float((log.preds[known] == log.labels[known]).mean()), self._tags(log.camera))
+        return logs
 
     def _upload(self, now: float, tick: int):
-        up = self.camera.upload(now, tick)
-        if up is not None:
-            self._uploaded.inc(len(up.images), self._tags())
-        return up
+        ups = self.group.upload(now, tick)
+        for up in ups:
+            if up is not None:
+                self._uploaded.inc(len(up.images), self._tags(up.camera))
+        return ups
 
-    def _teach(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """The teacher's logits (and attention) over Serve, as the inline
-        teacher gives them (not the labels and confidences it adds for
-        clients); a replica restart is waited out."""
+    def _label_all(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """The teacher's logits (and attention) on each camera's picks, asked
+        over Serve all at once, as the inline teacher gives them (not the
+        labels and confidences it adds for clients); a replica restart is
+        waited out (labelling is a pure function: asking again is safe)."""
         for attempt in range(_LABEL_TRIES):
             try:
-                out = self.teacher.label.remote(images).result()
-                return {k: v for k, v in out.items() if k not in ("labels", "confidences")}
+                asked = [self.teacher.label.remote(im) for im in images]
+                return [{k: v for k, v in a.result().items() if k not in ("labels", "confidences")}
+                        for a in asked]
             except (RayActorError, RayTaskError, RuntimeError):
                 if attempt == _LABEL_TRIES - 1:
                     raise
                 time.sleep(min(4.0, 0.5 * 2 ** attempt))
 
-    def _tags(self) -> dict[str, str]:
-        return {"camera": str(self.index), "strategy": self.strategy.name}
+    def _tags(self, camera: int) -> dict[str, str]:
+        return {"camera": str(camera), "strategy": self.strategy.name}
 
 
 class CameraProxy:
-    """The driver's side of one camera actor: sends calls, logs them, and
-    replays the log into the actor after it restarts."""
+    """The driver's side of one camera-group actor: sends calls, logs them,
+    and replays the log into the actor after it restarts."""
 
     def __init__(self, actor, max_recoveries: int = 5):
         self.actor = actor
@@ -146,7 +170,7 @@ class CameraProxy:
                 pass
             self.recoveries += 1
             if self.recoveries > self.max_recoveries:
-                raise RuntimeError(f"camera actor lost {self.recoveries} times; giving up")
+                raise RuntimeError(f"camera-group actor lost {self.recoveries} times; giving up")
             refs = self._replay()
 
     def _replay(self) -> tuple[ray.ObjectRef, ray.ObjectRef]:
@@ -158,16 +182,22 @@ class CameraProxy:
                 time.sleep(0.5)  # still restarting, or died again: start over
                 continue
             if STALE in replies:
-                raise RuntimeError("camera actor was not fresh when replayed")
+                raise RuntimeError("camera-group actor was not fresh when replayed")
             return self._send(len(self.calls) - 1)
 
 
 class RayCameras:
-    """The :class:`~driftlab.platform.sim.Cameras` of a fleet of camera actors:
-    each call goes to every actor at once."""
+    """The :class:`~driftlab.platform.sim.Cameras` of a fleet of camera-group
+    actors: each call goes to every group at once.
 
-    def __init__(self, proxies: list[CameraProxy]):
-        self.proxies = proxies
+    Args:
+        proxies: one per group actor.
+        shards: each group's camera indices (consecutive, in fleet order).
+    """
+
+    def __init__(self, proxies: list[CameraProxy], shards: list[range]):
+        self.proxies, self.shards = proxies, shards
+        self._group_of = {c: g for g, cams in enumerate(shards) for c in cams}
 
     def start(self, strategy: Strategy) -> None:
         for p in self.proxies:
@@ -177,13 +207,16 @@ class RayCameras:
     def foreach(self, method: str, *args, fetch: bool = True) -> list:
         sent = [p.submit(method, *args) for p in self.proxies]
         payloads = [p.result(refs) for p, refs in zip(self.proxies, sent)]
-        return ray.get(payloads) if fetch else payloads
+        if not fetch:
+            return payloads
+        return [x for part in ray.get(payloads) if part is not None for x in part]
 
     def deploy(self, deployments: list[Deployment]) -> None:
         # The weights stay a reference (Ray resolves it in the actor); the
         # actor runs its calls in order, so they land before the next tick.
         for d in deployments:
-            self.proxies[d.record.camera].submit("deploy", d.record.deployed, d.version, d.state)
+            self.proxies[self._group_of[d.record.camera]].submit(
+                "deploy", d.record.camera, d.record.deployed, d.version, d.state)
 
     @property
     def actors(self) -> list:

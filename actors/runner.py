@@ -1,13 +1,16 @@
 """The Ray runner: the loop of :mod:`driftlab.platform.sim` spread over Ray.
 
-One actor per camera (``camera-0`` ...), the priority manager (``manager``),
-the teacher on Ray Serve, and retraining on Ray Train. The driver runs the
-same :class:`~driftlab.platform.sim.Simulation` as the inline runner, over
-:class:`~driftlab.actors.camera.RayCameras` and
-:class:`~driftlab.actors.manager.RayManager`: it only sequences ticks, the
-cameras work in parallel inside each step, uploads go from camera actors to
-the manager as object references, and both runners give the same table for
-the same seed.
+Each strategy of a comparison runs as its own fleet, all at once: camera-group
+actors (``edgesync/cameras-0`` ..., each hosting a shard of the cameras,
+spread over the cluster's nodes) and a priority manager
+(``edgesync/manager``); the fleets share the teacher on Ray Serve and one
+Ray Train pool. The driver runs the same
+:class:`~driftlab.platform.sim.Simulation` as the inline runner, one thread
+per strategy, over :class:`~driftlab.actors.camera.RayCameras` and
+:class:`~driftlab.actors.manager.RayManager`: it only sequences ticks and
+receives the frame rows; the camera groups work in parallel inside each
+step, their uploads go to the manager as object references and the weights
+back as object references; both runners give the same table for the same seed.
 """
 from __future__ import annotations
 
@@ -16,24 +19,28 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import ray
+import torch
 from ray import cloudpickle
 
 from driftlab.platform.config import SimConfig
+from driftlab.platform.models import default_device
 from driftlab.platform.runner import build_fleet, run_strategies, set_determinism
+from driftlab.platform.camera import shard
 from driftlab.platform.sim import Simulation
 from driftlab.platform.strategies import Strategy, parse_strategies
 from driftlab.platform.validation import ConfigError, check_non_negative, check_whole
-from driftlab.platform.zoo import teacher_checkpoint
+from driftlab.platform.zoo import StudentJob, teacher_checkpoint
 
-from .camera import CameraActor, CameraProxy, RayCameras
+from .camera import CameraGroupActor, CameraProxy, RayCameras
 from .manager import ManagerActor, RayManager
 from .trainer import TrainPool
 
-__all__ = ["RayOptions", "ResourceError", "start_ray", "plan_resources", "run_on_ray"]
+__all__ = ["RayOptions", "ResourceError", "start_ray", "plan_resources", "group_size", "run_on_ray",
+           "train_students_on_ray"]
 
 NAMESPACE = "driftlab"
 # Camera actors infer a few frames at a time, all at once: OpenMP threads that
@@ -55,8 +62,10 @@ class RayOptions:
             an embedded local Ray (or uses ``RAY_ADDRESS`` when set).
         num_cpus: logical CPUs of the embedded Ray (default: enough for the run,
             at least the machine's cores).
-        cpus_per_camera: logical CPUs each camera actor reserves.
-        gpus_per_camera: GPU fraction each camera actor reserves (0: CPU).
+        cameras_per_actor: cameras one camera-group actor hosts (None:
+            :func:`group_size`'s default from the fleet and the cluster).
+        cpus_per_camera: logical CPUs a group actor reserves per camera.
+        gpus_per_camera: GPU fraction a group actor reserves per camera (0: CPU).
         teacher_replicas: Serve replicas of the teacher.
         teacher_batch: most uploads one batched teacher call serves.
         teacher_gpus: GPU fraction per teacher replica (None: 0.25 when the
@@ -69,6 +78,7 @@ class RayOptions:
 
     address: str | None = None
     num_cpus: float | None = None
+    cameras_per_actor: int | None = None
     cpus_per_camera: float = 0.25
     gpus_per_camera: float = 0.0
     teacher_replicas: int = 1
@@ -82,6 +92,8 @@ class RayOptions:
         try:
             check_non_negative(self, "cpus_per_camera", "gpus_per_camera")
             check_whole(self, "teacher_replicas", "teacher_batch", "train_workers", "http_port", minimum=1)
+            if self.cameras_per_actor is not None:
+                check_whole(self, "cameras_per_actor", minimum=1)
             for name in ("num_cpus", "teacher_gpus", "train_gpus"):
                 if getattr(self, name) is not None:
                     check_non_negative(self, name)
@@ -90,18 +102,30 @@ class RayOptions:
 
 
 _TEACHER_CPUS, _MANAGER_CPUS, _TRAIN_CPUS = 0.5, 0.25, 1.0
+_TRAIN_START_S = 300
+_embedded = False  # start_ray started a local Ray with more logical CPUs than cores
+_MAX_PER_ACTOR = 32  # one process infers ~100 cameras at 2 fps in real time on one core
 
 
-def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float]) -> dict[str, float]:
-    """What the run reserves, per part; a :class:`ResourceError` naming the
+def group_size(cameras: int, nodes: int = 1) -> int:
+    """Default cameras per group actor: at least one group per node (so a
+    cluster spreads the fleet), at most :data:`_MAX_PER_ACTOR` per group."""
+    groups = min(cameras, max(nodes, math.ceil(cameras / _MAX_PER_ACTOR)))
+    return math.ceil(cameras / max(1, groups))
+
+
+def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float],
+                   fleets: int = 1) -> dict[str, float]:
+    """What the run reserves, per part, with ``fleets`` strategies' fleets
+    (camera groups and manager) at once; a :class:`ResourceError` naming the
     shortfall when ``available`` (the cluster's resources) cannot hold it."""
     has_gpu = available.get("GPU", 0) > 0
     teacher_gpus = opts.teacher_gpus if opts.teacher_gpus is not None else (0.25 if has_gpu else 0.0)
     train_gpus = opts.train_gpus if opts.train_gpus is not None else (0.5 if has_gpu else 0.0)
     need = {
-        "CPU": cfg.cameras * opts.cpus_per_camera + opts.teacher_replicas * _TEACHER_CPUS
-        + _MANAGER_CPUS + opts.train_workers * _TRAIN_CPUS,
-        "GPU": cfg.cameras * opts.gpus_per_camera + opts.teacher_replicas * teacher_gpus
+        "CPU": fleets * (cfg.cameras * opts.cpus_per_camera + _MANAGER_CPUS)
+        + opts.teacher_replicas * _TEACHER_CPUS + opts.train_workers * _TRAIN_CPUS,
+        "GPU": fleets * cfg.cameras * opts.gpus_per_camera + opts.teacher_replicas * teacher_gpus
         + opts.train_workers * train_gpus,
     }
     for res, amount in need.items():
@@ -109,9 +133,10 @@ def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float]
         if amount > have + 1e-9:
             raise ResourceError(
                 f"the run needs {amount:g} {res}s but the Ray cluster has {have:g}: "
-                f"{cfg.cameras} cameras x {getattr(opts, f'{res.lower()}s_per_camera'):g}, "
-                f"{opts.teacher_replicas} teacher replica(s), the manager and "
-                f"{opts.train_workers} Train worker(s). Lower --cameras or the per-part "
+                f"{fleets} strategies at once x ({cfg.cameras} cameras x "
+                f"{getattr(opts, f'{res.lower()}s_per_camera'):g} + the manager), "
+                f"{opts.teacher_replicas} teacher replica(s) and "
+                f"{opts.train_workers} Train worker(s). Lower --cameras, --strategies or the per-part "
                 f"requests{', or add GPU nodes' if res == 'GPU' else ', or raise --num-cpus'}.")
     return {"teacher_gpus": teacher_gpus, "train_gpus": train_gpus, **need}
 
@@ -119,6 +144,7 @@ def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float]
 def start_ray(cfg: SimConfig, opts: RayOptions) -> str:
     """Connect to ``opts.address`` (or ``RAY_ADDRESS``), else start a local
     Ray sized for the run; returns the dashboard URL ('' without one)."""
+    global _embedded
     if ray.is_initialized():
         return _dashboard_url(None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -126,10 +152,11 @@ def start_ray(cfg: SimConfig, opts: RayOptions) -> str:
     if address:
         ctx = ray.init(address=address, namespace=NAMESPACE)
     else:
-        rough = plan_resources(cfg, opts, {"CPU": math.inf, "GPU": math.inf})
+        rough = plan_resources(cfg, opts, {"CPU": math.inf, "GPU": math.inf}, len(cfg.strategies))
         cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(rough["CPU"]))
         ctx = ray.init(num_cpus=cpus, namespace=NAMESPACE, include_dashboard=True,
                        configure_logging=True, logging_level="warning")
+        _embedded = True
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return _dashboard_url(ctx)
 
@@ -149,8 +176,8 @@ def _dashboard_url(ctx) -> str:
 def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | None = None,
                progress: bool = True, log: Callable[[str], None] = print,
                after_tick: Callable[[str, int], None] | None = None) -> pd.DataFrame:
-    """Run every strategy of ``cfg`` on the Ray cluster ``ray.init`` connected
-    to; same outputs as :func:`driftlab.platform.runner.run_inline`.
+    """Run every strategy of ``cfg`` at once on the Ray cluster ``ray.init``
+    connected to; same outputs as :func:`driftlab.platform.runner.run_inline`.
     ``after_tick(strategy, tick)`` is called after each tick (tests use it to
     inject faults)."""
     from ray import serve
@@ -160,34 +187,78 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     strategies = parse_strategies(cfg)
     _ship_by_value(strategies)
     set_determinism()
-    plan = plan_resources(cfg, opts, ray.cluster_resources())
-    fleet = build_fleet(cfg, log)
+    plan = plan_resources(cfg, opts, ray.cluster_resources(), len(strategies))
+    fleet = build_fleet(cfg, log, train_students=train_students_on_ray)
     checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
+    log("starting the Serve teacher and the Ray Train pool ...")
     serve.start(http_options={"host": "127.0.0.1", "port": opts.http_port}, logging_config=QUIET)
     teacher = deploy_teacher(TeacherOptions(
         checkpoint, cfg.teacher, cfg.world.num_classes, cfg.world.size,
         replicas=opts.teacher_replicas, max_batch_size=opts.teacher_batch, num_cpus=_TEACHER_CPUS,
         num_gpus=plan["teacher_gpus"], genkd_checkpoint=fleet.genkd_checkpoint))
     pool = TrainPool(opts.train_workers, cpus_per_worker=_TRAIN_CPUS, gpus_per_worker=plan["train_gpus"])
+    # Train's workers take whole CPUs on one node: place them before the
+    # camera groups spread their fractions over every node.
+    if not pool.wait_ready(timeout=_TRAIN_START_S):
+        pool.close(timeout=5)
+        serve.delete(APP_NAME)
+        raise ResourceError(f"Ray Train could not start {opts.train_workers} worker(s) of {_TRAIN_CPUS:g} CPU "
+                            f"within {_TRAIN_START_S} s: no node has that much free. Lower --train-workers "
+                            f"or add nodes.")
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    shards = shard(cfg.cameras, opts.cameras_per_actor or group_size(cfg.cameras, nodes))
     # Constructor arguments stay referenced for the whole run: a restarted
-    # camera actor is built from them again.
+    # group actor is built from them again.
     state_dicts = [{k: v.cpu() for k, v in s.state_dict().items()} for s in fleet.students]
     states = [ray.put(d) for d in state_dicts]
-    shared = {id(s): ray.put(s) for s in fleet.sources}  # a video file is put once for all
-    cameras = RayCameras([CameraProxy(CameraActor.options(
-        name=f"camera-{i}", num_cpus=opts.cpus_per_camera, num_gpus=opts.gpus_per_camera,
-        runtime_env=CAMERA_ENV,
-    ).remote(i, shared[id(src)], states[i], cfg, teacher)) for i, src in enumerate(fleet.sources)])
-    manager = RayManager(ManagerActor.options(name="manager", num_cpus=_MANAGER_CPUS).remote(
-        cfg, state_dicts, pool.client(), fleet.teacher_cvae), log)
+    server_states = ray.put(state_dicts)
+    sources = {id(s): ray.put(s) for s in fleet.sources}  # a video file is put once for all
+
+    def fleet_of(strategy: Strategy) -> tuple[RayCameras, RayManager]:
+        groups = [CameraProxy(CameraGroupActor.options(
+            name=f"{strategy.name}/cameras-{g}", num_cpus=opts.cpus_per_camera * len(cams),
+            num_gpus=opts.gpus_per_camera * len(cams), runtime_env=CAMERA_ENV, scheduling_strategy="SPREAD",
+        ).remote(list(cams), [sources[id(fleet.sources[c])] for c in cams], [states[c] for c in cams],
+                 cfg, teacher)) for g, cams in enumerate(shards)]
+        manager = ManagerActor.options(name=f"{strategy.name}/manager", num_cpus=_MANAGER_CPUS).remote(
+            cfg, server_states, pool.client(), fleet.teacher_cvae)
+        return RayCameras(groups, shards), RayManager(manager, log)
+
+    fleets = [fleet_of(s) for s in strategies]
+    log(f"{len(strategies)} strategies at once, each {cfg.cameras} cameras in {len(shards)} group actor(s) "
+        f"of up to {len(shards[0])} on {nodes} node(s)")
     try:
-        sims = [Simulation(cfg, s, fleet, cameras, manager) for s in strategies]
-        return run_strategies(cfg, sims, out_dir, progress, log, after_tick)
+        sims = [Simulation(cfg, s, fleet, cameras, manager) for s, (cameras, manager) in zip(strategies, fleets)]
+        return run_strategies(cfg, sims, out_dir, progress, log, after_tick, at_once=len(sims))
     finally:
-        for actor in [manager.actor, *cameras.actors]:
-            ray.kill(actor)
+        for cameras, manager in fleets:
+            for actor in [manager.actor, *cameras.actors]:
+                ray.kill(actor)
         pool.close()
         serve.delete(APP_NAME)
+
+
+@ray.remote(num_cpus=1)
+def _train_student(job: StudentJob, threads: int) -> dict:
+    set_determinism(threads)
+    return job.run(default_device())
+
+
+def train_students_on_ray(jobs: list[StudentJob], log: Callable[[str], None] = print) -> Iterator[tuple[int, dict]]:
+    """:data:`~driftlab.platform.zoo.TrainStudents` as Ray tasks, as many at
+    once as the cluster has cores for (each uses the driver's torch threads,
+    so the weights equal the inline runner's), on a GPU where the cluster has one."""
+    threads = torch.get_num_threads()
+    cores = os.cpu_count() if _embedded else ray.cluster_resources().get("CPU", 1)
+    gpus = 0.5 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    at_once = max(1, int(cores // threads))
+    waiting, running = list(enumerate(jobs)), {}
+    while waiting or running:
+        while waiting and len(running) < at_once:
+            i, job = waiting.pop(0)
+            running[_train_student.options(num_gpus=gpus).remote(job, threads)] = i
+        [done], _ = ray.wait(list(running), num_returns=1)
+        yield running.pop(done), ray.get(done)
 
 
 def _ship_by_value(strategies: list[Strategy]) -> None:

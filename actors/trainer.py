@@ -9,10 +9,11 @@ Each job is self-contained and has a ``run(device)`` method returning
 (:class:`~driftlab.platform.distill.DistillJob`). A worker runs it on its
 Train device (a GPU when the pool has one) and sends back the new weights.
 
-The manager talks to the pool through a :class:`TrainClient` (two queue
-handles, picklable). A job that raises is retried once, then reported as
+Each manager talks to the pool through its own :class:`TrainClient` (queue
+handles, picklable): the pool forwards each worker message to the client
+whose job it is, so the managers of strategies running at once share it. A job that raises is retried once, then reported as
 failed (``None``) and the simulation goes on. If a worker dies, Ray Train
-restarts the worker group (``FailureConfig``) and the client re-queues the
+restarts the worker group (``FailureConfig``) and each client re-queues its
 jobs the dead workers had started.
 """
 from __future__ import annotations
@@ -61,59 +62,45 @@ def _worker_loop(config: dict) -> None:
 
 @dataclass
 class TrainClient:
-    """The manager's side of the pool: submit a batch of jobs, wait for all.
+    """A manager's side of the pool: submit a batch of jobs, wait for all.
     Inputs and weights travel as object references through the queues.
 
     Attributes:
-        jobs: queue of ``(job_id, [job ref])`` the workers take from.
-        results: queue of worker messages (hello, start, done, error, dead).
-        num_workers: workers in the Train group (to tell a restart from a start).
+        jobs: the pool's queue of ``(job_id, [job ref])`` the workers take from.
+        results: this client's own queue of what the pool forwards to it
+            (start, done, error, lost, dead), so several managers share one pool.
+        prefix: this client's job-id prefix (the pool routes by it).
     """
 
     jobs: Queue
     results: Queue
-    num_workers: int
+    prefix: str
 
     def __post_init__(self):
         self._ids = itertools.count()
-        self._prefix = uuid.uuid4().hex[:8]
-        self._workers: set[str] = set()
         self.failures: list[str] = []
 
     def run(self, batch: list, log: Callable[[str], None] = print) -> list:
         """Run every job of ``batch``; ``(state, FitResult)`` per job, ``None``
         for one that failed twice."""
-        ids = [f"{self._prefix}-{next(self._ids)}" for _ in batch]
+        ids = [f"{self.prefix}-{next(self._ids)}" for _ in batch]
         # Queues carry object references (in lists, so Ray leaves them
         # unresolved): the data goes through the object store once.
         inputs = {i: [ray.put(job)] for i, job in zip(ids, batch)}
         attempts = dict.fromkeys(ids, 1)
-        started: dict[str, str] = {}
         out: dict[str, object] = {}
         for i in ids:
             self.jobs.put((i, inputs[i]))
         while len(out) < len(ids):
-            kind, worker, job_id, payload = self.results.get()
+            kind, job_id, payload = self.results.get()
             if kind == "dead":
                 raise TrainPoolError(f"Ray Train run ended: {payload}")
-            if kind == "hello":
-                if len(self._workers) >= self.num_workers:  # the group restarted
-                    lost = [j for j, w in started.items() if w in self._workers and j not in out]
-                    self._workers = set()
-                    for j in lost:
-                        started.pop(j)
-                        self._retry(j, inputs, attempts, out, "its Train worker died", log)
-                self._workers.add(worker)
-            elif job_id not in inputs or job_id in out:
-                continue  # a message of another batch or a duplicate
-            elif kind == "start":
-                self._workers.add(worker)
-                started[job_id] = worker
-            elif kind == "done":
+            if job_id not in inputs or job_id in out:
+                continue  # a message of an earlier batch or a duplicate
+            if kind == "done":
                 [state_ref], fit_result = payload
                 out[job_id] = (ray.get(state_ref), fit_result)
-            elif kind == "error":
-                started.pop(job_id, None)
+            elif kind in ("error", "lost"):
                 self._retry(job_id, inputs, attempts, out, payload, log)
         return [out[i] for i in ids]
 
@@ -160,8 +147,13 @@ class TrainPool:
                                  storage_path=storage_path,
                                  failure_config=FailureConfig(max_failures=max_failures)),
         )
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._clients: dict[str, Queue] = {}
         self._thread = threading.Thread(target=self._fit, name="driftlab-train", daemon=True)
         self._thread.start()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="driftlab-train-results", daemon=True)
+        self._dispatcher.start()
 
     def _fit(self) -> None:
         try:
@@ -169,14 +161,67 @@ class TrainPool:
         except Exception as e:  # reported to whoever waits on a job
             self.results.put(("dead", None, None, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every worker is up (Ray Train's start-up, ~13 s on 2 cores)."""
+        return self._ready.wait(timeout)
+
     def client(self) -> TrainClient:
-        return TrainClient(self.jobs, self.results, self.num_workers)
+        """A new client with its own results queue (one per manager)."""
+        queue = Queue(actor_options={"num_cpus": 0})
+        prefix = uuid.uuid4().hex[:8]
+        with self._lock:
+            self._clients[prefix] = queue
+        return TrainClient(self.jobs, queue, prefix)
+
+    def _dispatch(self) -> None:
+        """Forward each worker message to the client whose job it is; when the
+        worker group restarts (more hellos than workers), tell each client
+        which of its started jobs died with it; forward the end of the run to all."""
+        workers: set[str] = set()
+        started: dict[str, str] = {}   # job id -> worker
+        while True:
+            kind, worker, job_id, payload = self.results.get()
+            if kind == "closed":
+                return
+            if kind == "hello":
+                if len(workers) >= self.num_workers:  # the group restarted
+                    for j in [j for j, w in started.items() if w in workers]:
+                        started.pop(j)
+                        self._forward(j, ("lost", j, "its Train worker died"))
+                    workers = set()
+                workers.add(worker)
+                if len(workers) >= self.num_workers:
+                    self._ready.set()
+                continue
+            if kind == "dead":
+                self._ready.set()  # nothing to wait for any more
+                with self._lock:
+                    clients = list(self._clients.values())
+                for q in clients:
+                    q.put(("dead", None, payload))
+                continue
+            if kind == "start":
+                workers.add(worker)
+                started[job_id] = worker
+            else:
+                started.pop(job_id, None)
+            self._forward(job_id, (kind, job_id, payload))
+
+    def _forward(self, job_id: str, message: tuple) -> None:
+        with self._lock:
+            queue = self._clients.get(job_id.split("-")[0])
+        if queue is not None:
+            queue.put(message)
 
     def close(self, timeout: float = 60.0) -> None:
         """Let the workers finish and the Train run end; free the queues."""
         try:
             self.jobs.put(None)
             self._thread.join(timeout)
+            self.results.put(("closed", None, None, None))
+            self._dispatcher.join(timeout)
         finally:
-            for q in (self.jobs, self.results):
+            with self._lock:
+                clients = list(self._clients.values())
+            for q in (self.jobs, self.results, *clients):
                 q.shutdown(force=True)

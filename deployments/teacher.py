@@ -1,8 +1,9 @@
 """The teacher as a Ray Serve deployment: labels the frames cameras upload.
 
 Cameras call it through a ``DeploymentHandle`` (``handle.label.remote(frames)``,
-frames an ``(N, H, W, 3)`` uint8 array); concurrent calls are batched by
-``@serve.batch``. Outside clients use HTTP::
+frames an ``(N, H, W, 3)`` uint8 array); concurrent calls are gathered by
+``@serve.batch`` and each labelled by its own forward pass, so a camera's
+labels do not depend on who else asked. Outside clients use HTTP::
 
     curl -X POST --data-binary @frame.png http://127.0.0.1:8000/teacher
     {"label": 3, "confidence": 0.97}
@@ -95,13 +96,15 @@ class Teacher:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _label_batch(self, requests: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        sizes = [len(r) for r in requests]
-        taught = teach(self.model, np.concatenate(requests), self.head, device=self.device)
-        taught["labels"], taught["confidences"] = from_logits(taught["logits"])
-        out, i = [], 0
-        for n in sizes:
-            out.append({k: v[i:i + n] for k, v in taught.items()})
-            i += n
+        # Each upload is its own forward pass: a network's float sums change
+        # with the batch it is in, so labelling requests together would make
+        # a camera's numbers depend on which other cameras (or strategies)
+        # asked at the same moment.
+        out = []
+        for images in requests:
+            taught = teach(self.model, images, self.head, device=self.device)
+            taught["labels"], taught["confidences"] = from_logits(taught["logits"])
+            out.append(taught)
         return out
 
     async def __call__(self, request):

@@ -1,4 +1,4 @@
-"""Benchmark: camera inference through a Ray actor vs the same loop in this process.
+"""Benchmark: camera inference through a Ray camera-group actor vs the same loop in this process.
 
 Both play the same stream tick by tick with the same student (render frames,
 infer them in one batch per tick); the actor adds only Ray's call overhead.
@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 
-from driftlab.actors.camera import CameraActor, CameraProxy  # noqa: E402
+from driftlab.actors.camera import CameraGroupActor, CameraProxy  # noqa: E402
 from driftlab.platform.config import SimConfig  # noqa: E402
 from driftlab.platform.models import build_student, predict  # noqa: E402
 from driftlab.platform.runner import set_determinism  # noqa: E402
@@ -58,7 +58,8 @@ def main() -> None:
         return n / (time.perf_counter() - t)
 
     ray.init(num_cpus=2, logging_level="warning", configure_logging=True)
-    actor = CameraProxy(CameraActor.options(num_cpus=1).remote(0, source, state, cfg, None))
+    actor = CameraProxy(CameraGroupActor.options(num_cpus=1).remote([0], [ray.put(source)], [ray.put(state)],
+                                                                    cfg, None))
 
     def through_actor() -> float:
         actor.reset()

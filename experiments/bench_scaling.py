@@ -1,68 +1,171 @@
-"""Benchmark: simulation throughput on Ray vs the number of cameras.
+"""Benchmark: how a fleet scales on Ray, in wall time and memory.
 
-Runs the ``edgesync`` strategy on Ray for 1, 2, 4, 8 cameras (same stream
-length, the server budget fixed) and prints stream frames simulated per
-wall-clock second, counted from the end of the first tick (start-up of
-actors, Serve and Ray Train excluded; it is printed apart). ``--compare``
-also times one preset on Ray and inline, start-up included.
+Runs one strategy (default ``edgesync`` on ``day_night``) on the Ray runner
+for each fleet size and writes one row per size to ``DIR/scaling.parquet``:
 
-    python experiments/bench_scaling.py [--cameras 1,2,4,8] [--duration 300] [--compare]
+- ``realtime_factor``: stream seconds simulated per wall second after
+  start-up (from the end of the first tick to the end of the last), so 1.0
+  keeps up with live cameras;
+- ``frames_per_s``: camera frames inferred per wall second, the same span;
+- ``cpu_s``: CPU-seconds the node used for the whole run, start-up included;
+- ``peak_rss_mb``: the peak, over the run, of the whole Ray node's resident
+  memory (this driver and every process it started: GCS, raylets, workers;
+  unique set sizes, so shared pages count once), and ``rss_per_camera_mb``
+  that peak over the cameras. The printed marginal cost per camera is the
+  slope between the smallest and the largest fleet.
+
+Each camera's initial student is trained once and cached (``--warmup``
+seconds of its past; the preset's 400 s take ~21 s per camera on 2 cores,
+``--warmup 40`` about a tenth: the throughput and memory figures do not
+depend on it). ``--nodes N`` runs on a local N-node cluster
+(``ray.cluster_utils.Cluster``), cores split evenly.
+
+    python experiments/bench_scaling.py --cameras 1,4,16,64 --duration 120 --out DIR [--nodes N]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
+import threading
 import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import pandas as pd  # noqa: E402
+import psutil  # noqa: E402
 import ray  # noqa: E402
 
-from driftlab.actors.runner import RayOptions, run_on_ray, start_ray  # noqa: E402
+from driftlab.actors.runner import NAMESPACE, RayOptions, group_size, run_on_ray, start_ray  # noqa: E402
 from driftlab.platform.config import SimConfig  # noqa: E402
-from driftlab.platform.runner import run_inline  # noqa: E402
+from driftlab.platform.metrics import write_parquet  # noqa: E402
+
+COLUMNS = ["cameras", "cameras_per_actor", "actors", "nodes", "wall_s", "stream_s", "realtime_factor",
+           "frames_per_s", "startup_s", "cpu_s", "peak_rss_mb", "rss_per_camera_mb"]
+
+
+class NodeUsage:
+    """Samples, every ``every`` seconds, this process and all its descendants
+    (a local Ray's whole node, or nodes): the peak of their summed unique set
+    sizes, and the CPU-seconds they used since the start (a process that ends
+    between samples loses at most ``every`` seconds of its count)."""
+
+    def __init__(self, every: float = 1.0):
+        self.every, self.peak = every, 0.0
+        self._cpu_first: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._sample(first=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _sample(self, first: bool = False) -> None:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    info, cpu = p.memory_full_info(), p.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            total += getattr(info, "uss", info.rss)
+            used = cpu.user + cpu.system
+            self._cpu_first.setdefault(p.pid, used if first else 0.0)
+            self._cpu_last[p.pid] = used
+        self.peak = max(self.peak, total / 2**20)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def stop(self) -> tuple[float, float]:
+        """(peak MB, CPU-seconds used)."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.peak, sum(self._cpu_last[p] - self._cpu_first[p] for p in self._cpu_last)
+
+
+def start_cluster(nodes: int, cpus: int):
+    """A local ``nodes``-node Ray cluster (the head holds no cameras' CPUs of its own)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=cpus)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="warning")
+    return cluster
+
+
+def run_one(n: int, args, opts: RayOptions) -> dict:
+    cfg = SimConfig(cameras=n, duration=args.duration, strategies=(args.strategy,),
+                    scenario=args.scenario, warmup=args.warmup, seed=args.seed)
+    marks: dict[int, float] = {}
+    usage = NodeUsage()
+    t0 = time.perf_counter()
+    run_on_ray(cfg, opts, progress=False, log=lambda m: print(f"  {m}", flush=True),
+               after_tick=lambda _s, k: marks.__setitem__(k, time.perf_counter()))
+    peak, cpu_s = usage.stop()
+    last = max(marks)
+    span = marks[last] - marks[0]
+    stream = last * cfg.tick  # ticks 1..last, after the first
+    per_actor = opts.cameras_per_actor or group_size(n, len(ray.nodes()))
+    return {"cameras": n, "cameras_per_actor": per_actor, "actors": math.ceil(n / per_actor),
+            "nodes": sum(1 for x in ray.nodes() if x.get("Alive")), "wall_s": span, "stream_s": stream,
+            "realtime_factor": stream / span, "frames_per_s": n * stream * cfg.world.fps / span,
+            "startup_s": marks[0] - t0, "cpu_s": cpu_s, "peak_rss_mb": peak, "rss_per_camera_mb": peak / n}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cameras", default="1,2,4,8")
-    p.add_argument("--duration", type=float, default=300.0)
+    p.add_argument("--cameras", default="1,4,16,64", help="fleet sizes, comma-separated")
+    p.add_argument("--duration", type=float, default=120.0, help="stream seconds per run")
     p.add_argument("--strategy", default="edgesync")
-    p.add_argument("--compare", action="store_true",
-                   help="also time the default preset on Ray and inline (minutes)")
+    p.add_argument("--scenario", default="day_night")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=float, default=400.0, help="seconds of past each initial student trains on")
+    p.add_argument("--cameras-per-actor", type=int, default=None, help="default: the runner's")
+    p.add_argument("--nodes", type=int, default=1, help="a local multi-node cluster of this many nodes")
+    p.add_argument("--out", default="runs/bench_scaling")
     args = p.parse_args()
-    counts = [int(c) for c in args.cameras.split(",")]
-    quiet = lambda *_: None  # noqa: E731
-    start_ray(SimConfig(cameras=max(counts)), RayOptions())
+    try:
+        counts = [int(c) for c in args.cameras.split(",")]
+        if min(counts) < 1 or args.nodes < 1 or args.duration <= 0:
+            raise ValueError
+    except ValueError:
+        print(f"error: --cameras needs positive whole numbers, --nodes >= 1 and --duration > 0 "
+              f"(got {args.cameras!r}, {args.nodes}, {args.duration})", file=sys.stderr)
+        sys.exit(2)
+    os.makedirs(args.out, exist_ok=True)
+    cluster = None
+    if args.nodes > 1:
+        cluster = start_cluster(args.nodes, max(1, math.ceil((os.cpu_count() or 2) * 4 / args.nodes)))
+    else:
+        start_ray(SimConfig(cameras=max(counts), strategies=(args.strategy,)), RayOptions())
+    opts = RayOptions(cameras_per_actor=args.cameras_per_actor)
     rows = []
-    for n in counts:
-        cfg = SimConfig(cameras=n, duration=args.duration, strategies=(args.strategy,))
-        marks: dict[int, float] = {}
-        t0 = time.perf_counter()
-        run_on_ray(cfg, progress=False, log=quiet,
-                   after_tick=lambda _s, k: marks.__setitem__(k, time.perf_counter()))
-        total = time.perf_counter() - t0
-        last = max(marks)
-        frames = n * last * cfg.tick * cfg.world.fps   # ticks 1..last, after the first
-        rows.append((n, frames / (marks[last] - marks[0]), marks[0] - t0, total))
-        print(f"{n} cameras: {rows[-1][1]:7.1f} frames/s, start-up + first tick {rows[-1][2]:.0f} s, "
-              f"total {total:.0f} s", flush=True)
-    print(f"\n{args.strategy}, {args.duration:.0f} s streams, "
-          f"{ray.cluster_resources().get('CPU', 0):.0f} logical CPUs on {os.cpu_count()} cores")
-    print(" cameras  frames/s  start-up s  total s")
-    for n, fps, start, total in rows:
-        print(f" {n:>7d}  {fps:8.1f}  {start:10.0f}  {total:7.0f}")
-    if args.compare:
-        cfg = SimConfig()
-        t = time.perf_counter()
-        run_on_ray(cfg, progress=False, log=quiet)
-        on_ray = time.perf_counter() - t
-        t = time.perf_counter()
-        run_inline(cfg, progress=False, log=quiet)
-        inline = time.perf_counter() - t
-        print(f"\ndefault preset ({len(cfg.strategies)} strategies x {cfg.cameras} cameras, "
-              f"{cfg.duration:.0f} s): Ray {on_ray:.0f} s, inline {inline:.0f} s")
-    ray.shutdown()
+    try:
+        for n in counts:
+            print(f"{n} cameras ...", flush=True)
+            rows.append(run_one(n, args, opts))
+            write_parquet(pd.DataFrame(rows, columns=COLUMNS), os.path.join(args.out, "scaling.parquet"))
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    print(f"\n{args.strategy} on {args.scenario}, {args.duration:.0f} s streams, {args.nodes} node(s), "
+          f"{os.cpu_count()} cores, warm-up {args.warmup:.0f} s")
+    print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    if len(df) > 1:
+        a, b = df.iloc[0], df.iloc[-1]
+        extra = b.cameras - a.cameras
+        print(f"beyond the base ({a.cameras:.0f} -> {b.cameras:.0f} cameras): "
+              f"{(b.peak_rss_mb - a.peak_rss_mb) / extra:.1f} MB and "
+              f"{(b.cpu_s - a.cpu_s) / (extra * args.duration):.4f} CPU-s per stream second per camera")
+    print(f"wrote {os.path.join(args.out, 'scaling.parquet')}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ray.add_argument("--address", help="join this Ray cluster ('auto': the local one; "
                                        "default: $RAY_ADDRESS, else start an embedded Ray)")
     ray.add_argument("--num-cpus", type=float, help="logical CPUs of the embedded Ray")
+    ray.add_argument("--cameras-per-actor", type=int,
+                     help="cameras one camera-group actor hosts (default: up to 32, at least one group per node)")
     ray.add_argument("--cpus-per-camera", type=float, default=0.25)
     ray.add_argument("--gpus-per-camera", type=float, default=0.0)
     ray.add_argument("--teacher-replicas", type=int, default=1)
@@ -107,7 +109,7 @@ def make_runner(cfg: SimConfig, args: argparse.Namespace) -> Runner:
         return lambda c, out: run_inline(c, out_dir=out, progress=progress)
     from driftlab.actors.runner import RayOptions, run_on_ray, start_ray
 
-    opts = RayOptions(address=args.address, num_cpus=args.num_cpus,
+    opts = RayOptions(address=args.address, num_cpus=args.num_cpus, cameras_per_actor=args.cameras_per_actor,
                       cpus_per_camera=args.cpus_per_camera, gpus_per_camera=args.gpus_per_camera,
                       teacher_replicas=args.teacher_replicas, teacher_batch=args.teacher_batch,
                       train_workers=args.train_workers,

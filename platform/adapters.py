@@ -6,6 +6,7 @@ config's ``+name``/``-name`` edits decide which (see
 :mod:`driftlab.platform.strategies.registry`, :func:`camera_components`):
 
 - :class:`PeriodTrigger` (default): upload every policy period.
+- :class:`NoUpload`: a strategy that never retrains keeps no frames.
 - :class:`ChangePointTrigger` (``+cp``): upload when the camera's own feature
   stream shows a change point (seed 3's detector, :mod:`driftlab.platform.drift`),
   and every period for ``hold`` seconds after it.
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from .strategies import Strategy
     from .world import FrameBatch
 
-__all__ = ["CameraAdapter", "PeriodTrigger", "ChangePointTrigger", "BatchNormRefit", "camera_components"]
+__all__ = ["CameraAdapter", "PeriodTrigger", "NoUpload", "ChangePointTrigger", "BatchNormRefit", "camera_components"]
 
 
 class CameraAdapter:
@@ -59,6 +60,20 @@ class PeriodTrigger(CameraAdapter):
         """When the camera does not upload, frames older than this leave its
         buffer (``None``: they all stay for the next upload)."""
         return None
+
+
+class NoUpload(PeriodTrigger):
+    """The trigger of a strategy that never retrains: no uploads, and no
+    frames kept for one."""
+
+    def __init__(self):
+        self.every = 0
+
+    def observe(self, camera: Camera, batch: FrameBatch, confs: np.ndarray, until: float) -> None:
+        camera.drop_frames()
+
+    def due(self, tick: int, now: float, last_upload: float) -> bool:
+        return False
 
 
 class ChangePointTrigger(PeriodTrigger):
@@ -161,8 +176,10 @@ def camera_components(strategy: Strategy, cfg: SimConfig, period: float,
     no home: the camera's first upload comes after a change."""
     import dataclasses
 
-    if strategy.changepoint:
-        trigger: PeriodTrigger = ChangePointTrigger(DriftDetector(cfg.changepoint), period)
+    if not strategy.adapts:
+        trigger: PeriodTrigger = NoUpload()
+    elif strategy.changepoint:
+        trigger = ChangePointTrigger(DriftDetector(cfg.changepoint), period)
     else:
         trigger = PeriodTrigger(period, cfg.tick)
     adapters: list[CameraAdapter] = []

@@ -9,6 +9,7 @@ The same object runs inline and inside a Ray camera actor.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -17,16 +18,16 @@ from torch import nn
 
 from .adapters import CameraAdapter, PeriodTrigger, camera_components
 from .filters import Candidates, class_mix, mix_shift
-from .models import predict
+from .models import predict, predict_stacked
 from .scheduling import condition_stats
 from .strategies import CameraPolicy
 
 if TYPE_CHECKING:
     from .config import SimConfig
     from .strategies import Strategy
-    from .world import FrameSource
+    from .world import FrameBatch, FrameSource
 
-__all__ = ["Camera", "FrameLog", "Upload", "Teach", "build_camera"]
+__all__ = ["Camera", "CameraGroup", "FrameLog", "Picked", "Upload", "Teach", "build_camera", "shard"]
 
 Teach = Callable[[np.ndarray], dict]
 """The teacher: uint8 frames (N, H, W, 3) -> ``{"logits": (N, K), ...}``
@@ -72,6 +73,18 @@ class Upload:
     condition: np.ndarray | None = None
 
 
+@dataclass
+class Picked:
+    """Frames a camera's filter picked for the teacher: ``images`` (N, H, W, 3),
+    their ``indices`` among the ``candidates``, and every frame it ``seen``
+    since its last upload (M, H, W, 3)."""
+
+    images: np.ndarray
+    indices: np.ndarray
+    candidates: Candidates
+    seen: np.ndarray
+
+
 class Camera:
     """An edge camera. Swaps in new weights at the exact stream time they arrive.
 
@@ -110,9 +123,26 @@ class Camera:
 
     def run(self, until: float) -> FrameLog:
         """Infer every frame before stream time ``until``."""
+        batch = self.next_frames(until)
+        return self.record(batch, *self.infer(batch), until)
+
+    def next_frames(self, until: float) -> FrameBatch:
+        """The frames before stream time ``until`` not yet played; the models
+        deployed by the first of them are swapped in."""
         stop = min(int(math.ceil(until * self.source.fps - 1e-9)), self.source.num_frames)
         batch = self.source.frames(self.position, stop)
         self.position = stop
+        while self.pending and len(batch) and self.pending[0][0] <= batch.times[0]:
+            self._swap()
+        return batch
+
+    def swaps_within(self, batch: FrameBatch) -> bool:
+        """Whether a deployment lands between ``batch``'s first and last frame."""
+        return bool(self.pending) and len(batch) > 0 and self.pending[0][0] <= batch.times[-1]
+
+    def infer(self, batch: FrameBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predictions, confidences and model versions of ``batch``'s frames,
+        each frame by the model deployed by its time."""
         n = len(batch)
         preds, confs = np.empty(n, np.int64), np.empty(n, np.float32)
         versions = np.empty(n, np.int64)
@@ -128,11 +158,21 @@ class Camera:
             preds[i:j], confs[i:j] = predict(self.model, batch.images[i:j], self.batch_size)
             versions[i:j] = self.version
             i = j
+        return preds, confs, versions
+
+    def record(self, batch: FrameBatch, preds: np.ndarray, confs: np.ndarray, versions: np.ndarray,
+               until: float) -> FrameLog:
+        """Keep the tick's frames for the next upload, let the components see
+        them, and log them."""
         self._buf.append((batch.images, batch.times, preds, confs))
         for component in (self.trigger, *self.adapters):
             component.observe(self, batch, confs, until)
         return FrameLog(self.index, batch.times, batch.labels, preds, confs, versions,
                         self.source.drifted(batch.times))
+
+    def drop_frames(self) -> None:
+        """Forget the frames buffered for the next upload."""
+        self._buf = []
 
     def _swap(self) -> None:
         t, version, state = self.pending.pop(0)
@@ -146,6 +186,11 @@ class Camera:
         """After tick ``tick`` (at stream time ``now``): if the trigger says so,
         the policy's filter picks frames buffered since the last upload,
         within its budget, and the teacher labels them; else ``None``."""
+        picked = self.pick(now, tick)
+        return None if picked is None else self.send(picked, self.teach(picked.images))
+
+    def pick(self, now: float, tick: int) -> Picked | None:
+        """:meth:`upload`'s first half: the frames to send, if any."""
         if not self.trigger.due(tick, now, self.last_upload):
             since = self.trigger.keep_since(now)
             if since is not None:
@@ -161,15 +206,20 @@ class Camera:
         picks = self.policy.select(cands, budget, now, rng)
         if len(picks) == 0:
             return None
-        taught = {k: np.asarray(v) for k, v in self.teach(images[picks]).items()}
+        return Picked(images[picks], picks, cands, images)
+
+    def send(self, picked: Picked, taught: dict) -> Upload:
+        """:meth:`upload`'s second half: the teacher's answer on the picks becomes the upload."""
+        cands, picks = picked.candidates, picked.indices
+        taught = {k: np.asarray(v) for k, v in taught.items()}
         taught["logits"] = taught["logits"].astype(np.float32, copy=False)
         labels = taught["logits"].argmax(axis=1)
         self.policy.observe_labels(labels)
-        return Upload(self.index, images[picks], cands.times[picks], taught,
+        return Upload(self.index, picked.images, cands.times[picks], taught,
                       est_accuracy=float((cands.preds[picks] == labels).mean()),
                       mix_shift=mix_shift(class_mix(cands.preds, self.num_classes), cands.prev_mix),
                       last_update=self.last_update,
-                      condition=condition_stats(images).mean(axis=0) if self.policy.send_condition else None)
+                      condition=condition_stats(picked.seen).mean(axis=0) if self.policy.send_condition else None)
 
     def _take_candidates(self) -> tuple[np.ndarray, Candidates]:
         """Frames buffered since the last upload decision, and clear the buffer."""
@@ -181,6 +231,74 @@ class Camera:
         self._buf = []
         self.prev_mix = class_mix(cands.preds, self.num_classes)
         return images, cands
+
+
+class CameraGroup:
+    """A shard of a fleet's cameras, stepped together: a Ray camera-group
+    actor hosts one, the inline runner one for the whole fleet.
+
+    On a GPU, the students of one architecture infer a tick's frames as one
+    vectorised call (:func:`~driftlab.platform.models.predict_stacked`);
+    cameras whose tick holds a deployment, or on a CPU, infer one by one (on a
+    CPU the vectorised call is no faster and its float sums differ in the
+    last bits, so a camera's numbers would depend on its group).
+
+    Args:
+        cameras: the shard, in fleet order.
+        vectorize: stack students (default: when they run on a GPU).
+        label_all: the teacher's answers on several cameras' picks, each
+            labelled on its own (default: each camera's ``teach``, in turn;
+            the Ray actor asks the Serve teacher for all at once).
+    """
+
+    def __init__(self, cameras: list[Camera], vectorize: bool | None = None,
+                 label_all: Callable[[list[Camera], list[np.ndarray]], list[dict]] | None = None):
+        self.cameras = list(cameras)
+        self.label_all = label_all or (lambda cams, images: [c.teach(im) for c, im in zip(cams, images)])
+        self._by_index = {c.index: c for c in self.cameras}
+        if vectorize is None:
+            vectorize = bool(self.cameras) and next(self.cameras[0].model.parameters()).is_cuda
+        self.vectorize = vectorize
+
+    def run(self, until: float) -> list[FrameLog]:
+        """Each camera's :meth:`Camera.run`, in order."""
+        batches = [c.next_frames(until) for c in self.cameras]
+        inferred: dict[int, tuple] = {}
+        if self.vectorize:
+            together = defaultdict(list)  # same architecture and frame count: one call
+            for i, (c, b) in enumerate(zip(self.cameras, batches)):
+                if len(b) and not c.swaps_within(b):
+                    together[type(c.model), len(b)].append(i)
+            for idx in together.values():
+                if len(idx) > 1:
+                    preds, confs = predict_stacked([self.cameras[i].model for i in idx],
+                                                   np.stack([batches[i].images for i in idx]))
+                    for k, i in enumerate(idx):
+                        inferred[i] = preds[k], confs[k], np.full(len(batches[i]), self.cameras[i].version)
+        return [c.record(b, *(inferred.get(i) or c.infer(b)), until)
+                for i, (c, b) in enumerate(zip(self.cameras, batches))]
+
+    def upload(self, now: float, tick: int) -> list[Upload | None]:
+        """Each camera's :meth:`Camera.upload`, in order; the teacher's answers
+        asked for all at once (``label_all``)."""
+        picked = [c.pick(now, tick) for c in self.cameras]
+        asked = [(c, p) for c, p in zip(self.cameras, picked) if p is not None]
+        answers = iter(self.label_all([c for c, _ in asked], [p.images for _, p in asked]))
+        return [None if p is None else c.send(p, next(answers)) for c, p in zip(self.cameras, picked)]
+
+    def deploy(self, deployments: list) -> None:
+        """Each :class:`~driftlab.platform.server.Deployment` to its camera (all in this shard)."""
+        for d in deployments:
+            self.deploy_at(d.record.camera, d.record.deployed, d.version, d.state)
+
+    def deploy_at(self, camera: int, t: float, version: int, state: dict) -> None:
+        """:meth:`Camera.deploy_at` of camera ``camera`` (its index in the fleet)."""
+        self._by_index[camera].deploy_at(t, version, state)
+
+
+def shard(num_cameras: int, per_group: int) -> list[range]:
+    """Camera indices ``0..num_cameras-1`` in consecutive groups of ``per_group`` (the last may be smaller)."""
+    return [range(i, min(i + per_group, num_cameras)) for i in range(0, num_cameras, max(1, per_group))]
 
 
 def build_camera(strategy: Strategy, cfg: SimConfig, index: int, source: FrameSource,

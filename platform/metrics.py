@@ -6,6 +6,7 @@ atomically after every window, so a crash loses at most the current window.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pandas as pd
@@ -19,45 +20,56 @@ SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "
 
 
 class ResultSink:
-    """Accumulates frame and job rows; ``flush()`` writes them to ``out_dir``."""
+    """Accumulates frame and job rows of ``strategies`` (from any thread);
+    ``flush()`` writes them to ``out_dir``, strategy by strategy in the given
+    order whatever order they arrived in."""
 
-    def __init__(self, out_dir: str | None):
+    def __init__(self, out_dir: str | None, strategies: list[str]):
         self.out_dir = out_dir
-        self._frames: list[pd.DataFrame] = []
-        self._jobs: list[dict] = []
+        self._frames: dict[str, list[pd.DataFrame]] = {s: [] for s in strategies}
+        self._jobs: dict[str, list[dict]] = {s: [] for s in strategies}
+        self._lock = threading.RLock()
         self.uploads: dict[str, int] = {}
         self.label_gpu_s: dict[str, float] = {}
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
 
-    def add_frames(self, strategy: str, log) -> None:
-        self._frames.append(pd.DataFrame({
+    def add(self, strategy: str, logs: list, jobs: list) -> None:
+        """One tick of ``strategy``: its cameras' :class:`FrameLog` and the jobs it started."""
+        frames = [pd.DataFrame({
             "strategy": strategy, "camera": log.camera, "t": log.times, "label": log.labels,
             "pred": log.preds, "correct": log.preds == log.labels, "conf": log.confs,
-            "model_version": log.versions, "drifted": log.drifted}))
-
-    def add_job(self, strategy: str, job) -> None:
-        self._jobs.append({"strategy": strategy, "camera": job.camera, "submitted": job.submitted,
-                           "started": job.started, "finished": job.finished,
-                           "deployed": job.deployed, "samples": job.samples,
-                           "epochs": job.epochs, "gpu_s": job.gpu_s})
+            "model_version": log.versions, "drifted": log.drifted}) for log in logs]
+        rows = [{"strategy": strategy, "camera": job.camera, "submitted": job.submitted,
+                 "started": job.started, "finished": job.finished, "deployed": job.deployed,
+                 "samples": job.samples, "epochs": job.epochs, "gpu_s": job.gpu_s} for job in jobs]
+        with self._lock:
+            self._frames[strategy].extend(frames)
+            self._jobs[strategy].extend(rows)
 
     def frames(self) -> pd.DataFrame:
-        if not self._frames:
+        with self._lock:
+            parts = [f for s in self._frames.values() for f in s]
+        if not parts:
             return pd.DataFrame(columns=["strategy", "camera", "t", "label", "pred", "correct",
                                          "conf", "model_version", "drifted"])
-        return pd.concat(self._frames, ignore_index=True)
+        return pd.concat(parts, ignore_index=True)
 
     def jobs(self) -> pd.DataFrame:
-        return pd.DataFrame(self._jobs, columns=["strategy", "camera", "submitted", "started",
-                                                 "finished", "deployed", "samples", "epochs", "gpu_s"])
+        with self._lock:
+            rows = [r for s in self._jobs.values() for r in s]
+        return pd.DataFrame(rows, columns=["strategy", "camera", "submitted", "started",
+                                           "finished", "deployed", "samples", "epochs", "gpu_s"])
 
     def flush(self) -> None:
         if not self.out_dir:
             return
-        self._frames = [self.frames()]
-        write_parquet(self._frames[0], os.path.join(self.out_dir, "frames.parquet"))
-        write_parquet(self.jobs(), os.path.join(self.out_dir, "jobs.parquet"))
+        with self._lock:  # one strategy's rows in one frame each: later flushes concat fewer parts
+            for s, parts in self._frames.items():
+                if len(parts) > 1:
+                    self._frames[s] = [pd.concat(parts, ignore_index=True)]
+            write_parquet(self.frames(), os.path.join(self.out_dir, "frames.parquet"))
+            write_parquet(self.jobs(), os.path.join(self.out_dir, "jobs.parquet"))
 
     def summary(self, strategies: list[str]) -> pd.DataFrame:
         return summarize(self.frames(), self.jobs(), strategies, self.uploads, self.label_gpu_s)

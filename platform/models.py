@@ -14,7 +14,7 @@ from torch import nn
 from torchvision import models as tvm
 
 __all__ = ["STUDENTS", "TEACHERS", "build_student", "build_teacher", "to_tensor", "logits", "predict",
-           "from_logits", "default_device", "count_params", "clone", "recalibrate_bn"]
+           "from_logits", "predict_stacked", "default_device", "count_params", "clone", "recalibrate_bn"]
 
 STUDENTS: dict[str, Callable[[int], nn.Module]] = {
     "mobilenet_v3_small": lambda k: tvm.mobilenet_v3_small(num_classes=k),
@@ -88,6 +88,26 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
             device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class predictions and their softmax confidence for uint8 frames."""
     return from_logits(logits(model, images, batch_size, device))
+
+
+@torch.no_grad()
+def predict_stacked(models: list[nn.Module], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Several models of one architecture, each on its own uint8 frames
+    ``images`` (M, N, H, W, 3), as one vectorised call
+    (``torch.func.stack_module_state`` + ``functional_call`` + ``vmap``, in
+    eval mode); predictions and confidences (M, N) as :func:`predict` gives
+    them, up to float rounding."""
+    from torch.func import functional_call, stack_module_state
+
+    device = next(models[0].parameters()).device
+    for m in models:
+        m.eval()
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x = torch.stack([to_tensor(im, device) for im in images])
+    z = torch.vmap(lambda p, b, xi: functional_call(base, (p, b), (xi,)))(params, buffers, x)
+    out = [from_logits(zi) for zi in z.float().cpu().numpy()]
+    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
 def from_logits(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -57,6 +57,10 @@ class JobPlugin:
         """The job's sample-epochs cost this many plain ones."""
         return 1.0
 
+    def lookback(self) -> float:
+        """Stream seconds before a job's cutoff whose uploads :meth:`extend` reads."""
+        return 0.0
+
 
 class Borrowing(JobPlugin):
     """Every job adds to its camera's samples up to ``k`` of the other cameras'
@@ -74,6 +78,9 @@ class Borrowing(JobPlugin):
 
     def columns(self, upload: Upload) -> dict[str, np.ndarray]:
         return {"condition": condition_stats(upload.images)}
+
+    def lookback(self) -> float:
+        return self.window
 
     def extend(self, server: Server, camera: int, samples: Samples, cutoff: float, start: float) -> Samples:
         pool = Samples.concat([store.select(cutoff - self.window, cutoff, ready_by=start)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import pandas as pd
@@ -21,8 +22,8 @@ from .models import default_device, predict
 from .sim import Fleet, Simulation, inline_simulation
 from .strategies import parse_strategies
 from .world import CameraStream, VideoFileSource, get_scenario
-from .zoo import (initial_student, load_teacher, load_teacher_genkd, teacher_checkpoint,
-                  teacher_genkd_checkpoint)
+from .zoo import (StudentJob, TrainStudents, initial_students, load_teacher, load_teacher_genkd,
+                  teacher_checkpoint, teacher_genkd_checkpoint, train_students_here)
 
 __all__ = ["build_fleet", "run_inline", "run_strategies", "set_determinism"]
 
@@ -33,7 +34,10 @@ def set_determinism(threads: int | None = None) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
+def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print,
+                train_students: TrainStudents = train_students_here) -> Fleet:
+    """The sources, the teacher and each camera's initial student (trained by
+    ``train_students`` where not cached) a run's strategies all start from."""
     device = default_device()
     past = int(round(cfg.warmup * cfg.world.fps))
     if cfg.source:
@@ -46,11 +50,14 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print) -> Fleet:
         scenario = get_scenario(cfg.scenario)
         sources = [CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration)
                    for i in range(cfg.cameras)]
-        keys = [(str(cfg.world), cfg.scenario, cfg.cameras, cfg.seed, i) for i in range(cfg.cameras)]
+        # A camera's past holds its scenario's first condition whatever the
+        # fleet's size (the scenario is held constant before t=0).
+        keys = [(str(cfg.world), cfg.scenario, cfg.seed, i) for i in range(cfg.cameras)]
     teacher = load_teacher(cfg.world, cfg.teacher, cfg.teacher_checkpoint, device, log)
-    log(f"preparing {cfg.cameras} initial students (cached after the first run) ...")
-    students = [initial_student(src, cfg.student, cfg.world.num_classes, past, key, teacher, device)
-                for src, key in zip(sources, keys)]
+    jobs = [StudentJob(src, cfg.student, cfg.world.num_classes, past,
+                       teacher=teacher.cpu() if cfg.source else None) for src in sources]
+    students = initial_students(jobs, keys, train_students, device, log)
+    teacher.to(device)
     truth = []
     for src in sources:
         labels = src.frames(0, src.num_frames).labels if cfg.source else None
@@ -79,25 +86,26 @@ def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True
 
 def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None = None, progress: bool = True,
                    log: Callable[[str], None] = print,
-                   after_tick: Callable[[str, int], None] | None = None) -> pd.DataFrame:
-    """Play each strategy's simulation (inline or on Ray) in turn, streaming
-    its ticks into one :class:`ResultSink` that is flushed to Parquet every
-    window; write the summary and the plot; return the summary.
-    ``after_tick(strategy, tick)`` runs after each tick (tests inject faults there)."""
-    sink = ResultSink(out_dir)
+                   after_tick: Callable[[str, int], None] | None = None, at_once: int = 1) -> pd.DataFrame:
+    """Play the strategies' simulations, ``at_once`` at a time (inline one
+    after another; on Ray each strategy's fleet at the same time), streaming
+    their ticks into one :class:`ResultSink` that is flushed to Parquet every
+    window; write the summary and the plot; return the summary. The results
+    are the same whatever ``at_once`` is. ``after_tick(strategy, tick)`` runs
+    after each tick (tests inject faults there)."""
+    names = [sim.strategy.name for sim in sims]
+    sink = ResultSink(out_dir, names)
     if out_dir:
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
     window_ticks = max(1, int(round(cfg.window / cfg.tick)))
-    for sim in sims:
+
+    def play(position: int, sim: Simulation) -> None:
         name = sim.strategy.name
         started = time.time()
-        bar = _progress(name, sim.ticks, progress)
+        bar = _progress(name, sim.ticks, progress, position if at_once > 1 else None)
         for k, (t, logs, jobs) in enumerate(sim):
-            for lg in logs:
-                sink.add_frames(name, lg)
-            for j in jobs:
-                sink.add_job(name, j)
+            sink.add(name, logs, jobs)
             if (k + 1) % window_ticks == 0:
                 sink.flush()
             if bar is not None:
@@ -110,7 +118,15 @@ def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None =
         else:
             log(f"{name:>9}: done in {time.time() - started:.0f} s")
         sink.flush()
-    summary = sink.summary([sim.strategy.name for sim in sims])
+
+    if at_once <= 1:  # in this thread: torch's settings are this thread's
+        for i, sim in enumerate(sims):
+            play(i, sim)
+    else:
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="driftlab-strategy") as pool:
+            for done in [pool.submit(play, i, sim) for i, sim in enumerate(sims)]:
+                done.result()
+    summary = sink.summary(names)
     if out_dir:
         summary.to_parquet(os.path.join(out_dir, "summary.parquet"), index=False)
         plot_accuracy(sink.frames(), os.path.join(out_dir, "accuracy.png"),
@@ -119,10 +135,10 @@ def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None =
     return summary
 
 
-def _progress(name: str, ticks: int, enabled: bool):
+def _progress(name: str, ticks: int, enabled: bool, position: int | None = None):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=ticks, desc=f"{name:>9}", unit="tick", leave=True,
+    return tqdm(total=ticks, desc=f"{name:>9}", unit="tick", leave=True, position=position,
                 bar_format="{desc} {bar} {n_fmt}/{total_fmt} ticks [{elapsed}<{remaining}]")

@@ -125,6 +125,14 @@ class SampleStore:
         s = Samples.concat(overlapping)
         return s.subset((s.times > since) & (s.times <= until))
 
+    def forget(self, before: float) -> None:
+        """Drop the uploads whose every sample is at or before stream time
+        ``before`` (the newest upload stays: it describes the camera)."""
+        keep = [i for i, p in enumerate(self.parts)
+                if i == len(self.parts) - 1 or (len(p.times) and p.times.max() > before)]
+        self.parts = [self.parts[i] for i in keep]
+        self.ready = [self.ready[i] for i in keep]
+
     def newest(self, until: float) -> Samples:
         """The latest upload taken at or before stream time ``until``."""
         for part in reversed(self.parts):

@@ -131,6 +131,12 @@ class Server:
                        est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
                        last_update=up.last_update, condition=up.condition)
 
+    def forget(self, before: float) -> None:
+        """Drop every camera's uploads older than stream time ``before``: what
+        the server holds stays bounded by the strategy's lookback."""
+        for store in self.stores:
+            store.forget(before)
+
     # --- Profiler protocol (Ekya's micro-profiler) -----------------------------
     def num_samples(self, camera: int, since: float, until: float) -> int:
         return len(self.stores[camera].select(since, until).labels)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .camera import Camera, FrameLog, Upload, build_camera
+from .camera import CameraGroup, FrameLog, Upload, build_camera
 from .config import SimConfig
 from .distill.frames import FrameHead
 from .models import clone
@@ -63,15 +63,16 @@ class Fleet:
 
 
 class Cameras(Protocol):
-    """The fleet's cameras, wherever they run."""
+    """The fleet's cameras, in groups (:class:`~driftlab.platform.camera.CameraGroup`), wherever they run."""
 
     def start(self, strategy: Strategy) -> None:
         """Fresh cameras (initial students, streams at 0) holding ``strategy``'s camera half."""
 
     def foreach(self, method: str, *args, fetch: bool = True) -> list:
-        """``Camera.<method>(*args)`` on every camera, in parallel where it can;
-        the answers in camera order (without ``fetch``, handles that
-        :meth:`Manager.submit` accepts: object references on Ray)."""
+        """``CameraGroup.<method>(*args)`` on every group, in parallel where it
+        can; the answers of every camera in camera order (without ``fetch``,
+        one handle per group that :meth:`Manager.submit` accepts: the group's
+        list of answers inline, its object reference on Ray)."""
 
     def deploy(self, deployments: list[Deployment]) -> None:
         """Send each deployment's weights to its camera."""
@@ -84,7 +85,7 @@ class Manager(Protocol):
         """A fresh server (initial students, empty stores) and ``strategy``'s training manager."""
 
     def submit(self, now: float, uploads: list) -> None:
-        """One upload round, in camera order (``None`` where a camera sent nothing)."""
+        """One upload round: each group's handle from ``Cameras.foreach("upload", fetch=False)``."""
 
     def serve(self, until: float) -> list[Deployment]:
         """Run every job the training manager schedules before stream time ``until``."""
@@ -125,24 +126,24 @@ class Simulation:
 
 
 class InlineCameras:
-    """Every camera in this process, labelled by the fleet's teacher here."""
+    """Every camera in this process, one group, labelled by the fleet's teacher here."""
 
     def __init__(self, cfg: SimConfig, fleet: Fleet):
         self.cfg, self.fleet = cfg, fleet
-        self.cameras: list[Camera] = []
+        self.group = CameraGroup([])
 
     def start(self, strategy: Strategy) -> None:
         f = self.fleet
         labeller = partial(teach, f.teacher, head=f.teacher_head, device=f.device)
-        self.cameras = [build_camera(strategy, self.cfg, i, src, clone(s), labeller)
-                        for i, (src, s) in enumerate(zip(f.sources, f.students))]
+        self.group = CameraGroup([build_camera(strategy, self.cfg, i, src, clone(s), labeller)
+                                  for i, (src, s) in enumerate(zip(f.sources, f.students))])
 
     def foreach(self, method: str, *args, fetch: bool = True) -> list:
-        return [getattr(cam, method)(*args) for cam in self.cameras]
+        out = getattr(self.group, method)(*args)
+        return out if fetch else [out]
 
     def deploy(self, deployments: list[Deployment]) -> None:
-        for d in deployments:
-            self.cameras[d.record.camera].deploy_at(d.record.deployed, d.version, d.state)
+        self.group.deploy(deployments)
 
 
 class FleetManager:
@@ -161,13 +162,19 @@ class FleetManager:
         self.manager = strategy.training_manager(self.cfg)
         self.server = Server(self.cfg, self.students, self.device, job_plugins(self.cfg, self.teacher_cvae))
 
-    def submit(self, now: float, uploads: list[Upload | None]) -> None:
-        for up in uploads:
-            if up is not None:
-                self.manager.submit(self.server.receive(up, now))
+    def submit(self, now: float, uploads: list[list[Upload | None]]) -> None:
+        for group in uploads:
+            for up in group:
+                if up is not None:
+                    self.manager.submit(self.server.receive(up, now))
 
     def serve(self, until: float) -> list[Deployment]:
-        return serve_jobs(self.manager, self.server, until, self.execute)
+        out = serve_jobs(self.manager, self.server, until, self.execute)
+        # Requests yet to be served read back from their cutoff; later ones from later.
+        oldest = min([r.cutoff for r in self.manager.pending], default=until)
+        lookback = max([self.manager.lookback()] + [p.lookback() for p in self.server.plugins])
+        self.server.forget(oldest - lookback)
+        return out
 
     def stats(self) -> tuple[int, float]:
         return self.server.uploaded, self.server.label_gpu_s

@@ -6,8 +6,9 @@ held-out split (EdgeSync's training manager stops a job once it stops improving)
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ FIT_VERSION = 2
 """Bumped whenever :func:`fit` learns differently (v2: random shifts), so that
 models cached from an older recipe are retrained, never silently reused."""
 
-__all__ = ["FIT_VERSION", "TrainSpec", "FitResult", "FitPlugin", "FitHooks", "fit", "evaluate", "head_parameters",
+__all__ = ["FIT_VERSION", "TrainSpec", "FitResult", "FitPlugin", "FitHooks", "fit", "evaluate", "head_parameters", "Progress",
            "top_gradient_mask"]
 
 
@@ -109,6 +110,46 @@ class FitPlugin(Protocol):
         """Begin on ``model`` and the normalised frames ``x_all`` (N', 3, H, W)
         the job trains on (rows ``train_idx`` of the job's samples)."""
         ...
+
+
+@dataclass
+class Progress:
+    """A :class:`FitPlugin` that only reports: at most every ``every`` seconds,
+    ``log("<what>: epoch e/E, p % of it, t s")``. It adds no parameters and a
+    zero loss, so the training is the same with it or without."""
+
+    what: str
+    epochs: int
+    log: Callable[[str], None] = print
+    every: float = 10.0
+    name: str = "progress"
+
+    def start(self, model: nn.Module, x_all: torch.Tensor, train_idx: np.ndarray) -> FitHooks:
+        return _ProgressHooks(self, len(x_all))
+
+
+class _ProgressHooks:
+    def __init__(self, p: Progress, n: int):
+        self.p, self.n = p, n
+        self.epoch, self.seen = 0, 0
+        self.started = self.shown = time.time()
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def before_epoch(self, model, x_all, batches) -> None:
+        self.epoch, self.seen = self.epoch + 1, 0
+
+    def loss(self, out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self.seen += len(b)
+        if time.time() - self.shown >= self.p.every:
+            self.shown = time.time()
+            self.p.log(f"{self.p.what}: epoch {self.epoch}/{self.p.epochs}, {100 * self.seen // max(1, self.n)} % "
+                       f"of it, {self.shown - self.started:.0f} s")
+        return out.new_zeros(())
+
+    def close(self) -> None:
+        return None
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:

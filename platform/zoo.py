@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,12 +21,12 @@ from torch import nn
 from .cache import cache_path
 from .distill.frames import GENKD_DIM, FrameHead, train_teacher_head
 from .distill.training import DistillConfig
-from .models import build_student, build_teacher, predict, to_tensor
-from .training import FIT_VERSION, TrainSpec, evaluate, fit
+from .models import build_student, build_teacher, default_device, predict, to_tensor
+from .training import FIT_VERSION, Progress, TrainSpec, evaluate, fit
 from .world import CONDITIONS, FrameSource, WorldConfig, render_condition_set
 
 __all__ = ["TeacherRecipe", "load_teacher", "train_teacher", "teacher_report",
-           "initial_student", "teacher_checkpoint", "teacher_genkd_checkpoint", "load_teacher_genkd",
+           "StudentJob", "TrainStudents", "initial_students", "train_students_here", "teacher_checkpoint", "teacher_genkd_checkpoint", "load_teacher_genkd",
            "load_checkpoint", "TEACHER_SEED", "HELDOUT_SEED"]
 
 TEACHER_SEED = 10_000   # cameras the teacher is trained on
@@ -53,8 +55,9 @@ def train_teacher(world: WorldConfig, recipe: TeacherRecipe, device="cpu", log=p
     data = render_condition_set(world, list(CONDITIONS), recipe.per_condition, TEACHER_SEED,
                                 cameras=recipe.cameras)
     model = build_teacher(recipe.arch, world.num_classes, seed=0)
-    log(f"training teacher {recipe.arch} on {len(data)} frames x {recipe.epochs} epochs ...")
-    fit(model, data.images, data.labels, TrainSpec(epochs=recipe.epochs, batch_size=32), device=device)
+    log(f"training teacher {recipe.arch} on {len(data)} frames x {recipe.epochs} epochs (cached for later runs) ...")
+    fit(model, data.images, data.labels, TrainSpec(epochs=recipe.epochs, batch_size=32), device=device,
+        plugins=[Progress("  teacher", recipe.epochs, log)])
     return model
 
 
@@ -105,8 +108,12 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
 
 
 def _save(model: nn.Module, path: str) -> None:
+    _save_state(model.state_dict(), path)
+
+
+def _save_state(state: dict, path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(model.state_dict(), tmp)
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
@@ -143,28 +150,69 @@ def load_teacher_genkd(path: str, device="cpu") -> tuple[FrameHead, dict]:
     return head.to(device).eval().requires_grad_(False), saved["cvae"]
 
 
-def initial_student(source: FrameSource, arch: str, num_classes: int, past_frames: int,
-                    key: tuple, teacher: nn.Module | None = None, device="cpu",
-                    epochs: int = 6) -> nn.Module:
-    """A camera's first student, trained on ``past_frames`` frames before t=0.
+@dataclass
+class StudentJob:
+    """Training one camera's first student on ``past_frames`` frames before
+    t=0 (frames with unknown labels, from a video without a labels file, are
+    labelled by ``teacher``); self-contained, so it runs here or in a Ray task."""
 
-    Frames with unknown labels (a video without a labels file) are labelled by
-    ``teacher``. ``key`` identifies the camera's stream for the cache.
-    """
-    model = build_student(arch, num_classes, seed=0)
-    path = cache_path(f"student-{arch}", key, past_frames, epochs, num_classes, CONDITIONS, FIT_VERSION)
-    if os.path.exists(path):
+    source: FrameSource
+    arch: str
+    num_classes: int
+    past_frames: int
+    epochs: int = 6
+    teacher: nn.Module | None = None
+
+    def run(self, device="cpu") -> dict:
+        """The trained student's weights (on CPU)."""
+        model = build_student(self.arch, self.num_classes, seed=0)
+        src = self.source
+        past = src.frames(-self.past_frames, 0) if _has_past(src) else src.frames(0, self.past_frames)
+        labels = past.labels.copy()
+        if (labels < 0).any():
+            if self.teacher is None:
+                raise ValueError("unlabelled frames need a teacher to label them")
+            labels[labels < 0] = predict(self.teacher.to(device), past.images[labels < 0])[0]
+        fit(model, past.images, labels, TrainSpec(epochs=self.epochs, batch_size=32), device=device)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def cache_path(self, key: tuple) -> str:
+        """Its cache file; ``key`` identifies the camera's stream."""
+        return cache_path(f"student-{self.arch}", key, self.past_frames, self.epochs, self.num_classes,
+                          CONDITIONS, FIT_VERSION)
+
+
+TrainStudents = Callable[[list[StudentJob], Callable[[str], None]], Iterator[tuple[int, dict]]]
+"""Runs student jobs (here, or as Ray tasks): yields ``(job index, weights)`` as each finishes."""
+
+
+def train_students_here(jobs: list[StudentJob], log: Callable[[str], None] = print) -> Iterator[tuple[int, dict]]:
+    """:data:`TrainStudents` in this process, one after another."""
+    device = default_device()
+    for i, job in enumerate(jobs):
+        yield i, job.run(device)
+
+
+def initial_students(jobs: list[StudentJob], keys: list[tuple], train: TrainStudents = train_students_here,
+                     device="cpu", log: Callable[[str], None] = print) -> list[nn.Module]:
+    """Each camera's first student: from the cache, else trained by ``train``
+    (and cached), showing how many are left."""
+    paths = [job.cache_path(key) for job, key in zip(jobs, keys)]
+    missing = [paths.index(p) for p in dict.fromkeys(paths) if not os.path.exists(p)]
+    if missing:
+        log(f"training {len(missing)} of {len(jobs)} initial students (cached for later runs) ...")
+        started, shown = time.time(), time.time()
+        for n, (k, state) in enumerate(train([jobs[i] for i in missing], log), 1):
+            _save_state(state, paths[missing[k]])
+            if time.time() - shown > 10 or n == len(missing):
+                shown = time.time()
+                log(f"  initial students: {n}/{len(missing)} trained, {time.time() - started:.0f} s")
+    students = []
+    for job, path in zip(jobs, paths):
+        model = build_student(job.arch, job.num_classes, seed=0)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
-    past = source.frames(-past_frames, 0) if _has_past(source) else source.frames(0, past_frames)
-    labels = past.labels.copy()
-    if (labels < 0).any():
-        if teacher is None:
-            raise ValueError("unlabelled frames need a teacher to label them")
-        labels[labels < 0] = predict(teacher, past.images[labels < 0])[0]
-    fit(model, past.images, labels, TrainSpec(epochs=epochs, batch_size=32), device=device)
-    _save(model, path)
-    return model.to(device).eval()
+        students.append(model.to(device).eval())
+    return students
 
 
 def _has_past(source: FrameSource) -> bool:

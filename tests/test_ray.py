@@ -1,9 +1,10 @@
-"""The loop on a real local Ray: camera actors, the Serve teacher, Ray Train.
+"""The loop on a real local Ray: camera-group actors, the Serve teacher, Ray Train.
 
 One Ray instance for the module; the Serve HTTP proxy on a free port.
 """
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 import socket
 import sys
 import urllib.error
@@ -110,29 +111,32 @@ def _run_equals_inline(tiny_cfg, tmp_path, http_port: int):
     assert mine.jobs > 0 and mine.frames_uploaded <= cfg.duration * cfg.world.fps * cfg.cameras / 10
     seen: dict[str, set] = {}
 
-    def after_tick(strategy, k):
-        if strategy == "ams" and k == 4:  # the teacher's replica dies; Serve replaces it
+    def after_tick(strategy, k):  # the strategies run at once, each in its own driver thread
+        if strategy == "ams" and k == 2:  # the teacher's replica dies; Serve replaces it
             replica = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
                            if a.class_name.startswith("ServeReplica:teacher:Teacher"))
             ray.kill(ray.get_actor(replica.name, namespace="serve"), no_restart=True)
             seen["killed_replica"] = replica.actor_id
+        if strategy == "ams" and k == 8:
+            seen["ids"] = {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)}
         if strategy == "edgesync+cp" and k == 3:
             alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
             seen["names"] = {a.name for a in alive}
             seen["classes"] = {a.class_name for a in alive}
-            seen["ids"] = {a.actor_id for a in alive}
-            ray.kill(ray.get_actor("camera-1"), no_restart=False)  # a crash mid-run
+            ray.kill(ray.get_actor("edgesync+cp/cameras-1"), no_restart=False)  # a crash mid-run
 
     out = tmp_path / "ray"
-    summary = run_on_ray(cfg, RayOptions(http_port=http_port), out_dir=str(out), progress=False,
-                         log=lambda *_: None, after_tick=after_tick)
+    # One camera per group actor: two groups per strategy, all three strategies at once.
+    summary = run_on_ray(cfg, RayOptions(http_port=http_port, cameras_per_actor=1), out_dir=str(out),
+                         progress=False, log=lambda *_: None, after_tick=after_tick)
     # The dashboard's state API saw the named parts while the run was going.
-    assert {"camera-0", "camera-1", "manager"} <= seen["names"]
+    assert {f"{s}/{part}" for s in ("ams", "edgesync+cp", "newest_first+refit")
+            for part in ("cameras-0", "cameras-1", "manager")} <= seen["names"]
     assert any(c.startswith("ServeReplica:teacher:Teacher") for c in seen["classes"])
     assert seen["killed_replica"] not in seen["ids"]  # a new replica served the rest
     assert "RayTrainWorker" in seen["classes"]
     # The crashed camera was restarted and resumed exactly where it was.
-    restarted = list_actors(filters=[("name", "=", "camera-1")], detail=True, limit=10)
+    restarted = list_actors(filters=[("name", "=", "edgesync+cp/cameras-1")], detail=True, limit=10)
     assert max(a.num_restarts for a in restarted) >= 1
     pd.testing.assert_frame_equal(inline, summary)
     frames = pd.read_parquet(out / "frames.parquet")
@@ -205,8 +209,13 @@ def test_train_pool_runs_retraining_and_distillation_and_reports_a_failing_job(l
         client = pool.client()
         messages = []
         out = client.run([good, bad, good, distill], log=messages.append)
+        # Two managers (strategies running at once) share the pool; each gets its own answers.
+        others = [pool.client(), pool.client()]
+        with ThreadPoolExecutor(2) as threads:
+            shared = list(threads.map(lambda c: c.run([good]), others))
     finally:
         pool.close()
+    assert all(torch.equal(s[0][0][k], out[0][0][k]) for s in shared for k in state)
     assert out[1] is None and len(client.failures) == 1
     assert "failed 2 times" in client.failures[0] and any("retrying" in m for m in messages)
     new_state, fit_result = out[0]

@@ -52,6 +52,9 @@ class AMSManager(TrainingManager):
     """Oldest camera first; a camera's newest request supersedes its older ones
     (its horizon covers their samples)."""
 
+    def lookback(self) -> float:
+        return AMS_CONFIG["horizon"]
+
     def next_batch(self, now: float, server: Profiler) -> list[Job]:
         ready = self._ready(now)
         if not ready:

@@ -101,6 +101,11 @@ class TrainingManager:
         """Jobs to start at ``now`` (the GPUs are free); may drop stale requests."""
         return []
 
+    def lookback(self) -> float:
+        """Stream seconds before a request's cutoff that its jobs read samples
+        from (the server forgets older uploads)."""
+        return self.cfg.window
+
     def spec(self, **kwargs) -> TrainSpec:
         """A job's :func:`train_spec`."""
         return train_spec(self.cfg, **kwargs)

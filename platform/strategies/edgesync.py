@@ -46,6 +46,9 @@ class EdgeSyncManager(TrainingManager):
         self.home: dict[int, np.ndarray] = {}  # each camera's first upload's condition
         self.retrained: set[int] = set()
 
+    def lookback(self) -> float:
+        return self.cfg.edgesync.horizon
+
     @classmethod
     def reads_condition(cls, cfg, changepoint: bool) -> bool:
         """For ``home_distance``; off under the change-point trigger, whose first
