@@ -66,7 +66,7 @@ class CameraGroupActor:
         set_determinism()
         self.indices, self.cfg, self.teacher = list(indices), cfg, teacher
         self.sources: list[FrameSource] = ray.get(list(sources))
-        self.student_states: list[dict] = ray.get(list(student_states))
+        self.student_states = list(student_states)  # fetched when a run starts, then dropped
         self.device = default_device()
         self.calls = 0
         self.group: CameraGroup | None = None
@@ -94,7 +94,7 @@ class CameraGroupActor:
         """Begin a strategy's run: the initial students, the streams' start."""
         self.strategy = strategy
         cameras = []
-        for i, source, state in zip(self.indices, self.sources, self.student_states):
+        for i, source, state in zip(self.indices, self.sources, ray.get(self.student_states)):
             model = build_student(self.cfg.student, self.cfg.world.num_classes)
             model.load_state_dict(state)
             cameras.append(build_camera(strategy, self.cfg, i, source, model.to(self.device).eval(),

@@ -29,14 +29,14 @@ __all__ = ["ManagerActor", "RayManager"]
 
 @ray.remote
 class ManagerActor:
-    def __init__(self, cfg: SimConfig, student_states: list[dict], train: TrainClient,
+    def __init__(self, cfg: SimConfig, student_states: list[ray.ObjectRef], train: TrainClient,
                  teacher_cvae: dict | None = None):
         from ray.util.metrics import Counter, Gauge
 
         set_determinism()
         self.train = train
         students = []
-        for state in student_states:
+        for state in ray.get(list(student_states)):
             model = build_student(cfg.student, cfg.world.num_classes)
             model.load_state_dict(state)
             students.append(model.eval())

@@ -103,7 +103,6 @@ class RayOptions:
 
 _TEACHER_CPUS, _MANAGER_CPUS, _TRAIN_CPUS = 0.5, 0.25, 1.0
 _TRAIN_START_S = 300
-_embedded = False  # start_ray started a local Ray with more logical CPUs than cores
 _MAX_PER_ACTOR = 32  # one process infers ~100 cameras at 2 fps in real time on one core
 
 
@@ -144,7 +143,6 @@ def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float]
 def start_ray(cfg: SimConfig, opts: RayOptions) -> str:
     """Connect to ``opts.address`` (or ``RAY_ADDRESS``), else start a local
     Ray sized for the run; returns the dashboard URL ('' without one)."""
-    global _embedded
     if ray.is_initialized():
         return _dashboard_url(None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -156,7 +154,6 @@ def start_ray(cfg: SimConfig, opts: RayOptions) -> str:
         cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(rough["CPU"]))
         ctx = ray.init(num_cpus=cpus, namespace=NAMESPACE, include_dashboard=True,
                        configure_logging=True, logging_level="warning")
-        _embedded = True
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return _dashboard_url(ctx)
 
@@ -209,9 +206,8 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     shards = shard(cfg.cameras, opts.cameras_per_actor or group_size(cfg.cameras, nodes))
     # Constructor arguments stay referenced for the whole run: a restarted
     # group actor is built from them again.
-    state_dicts = [{k: v.cpu() for k, v in s.state_dict().items()} for s in fleet.students]
-    states = [ray.put(d) for d in state_dicts]
-    server_states = ray.put(state_dicts)
+    states = [ray.put({k: v.cpu() for k, v in s.state_dict().items()}) for s in fleet.students]
+    fleet.students.clear()  # the object store holds them now; the driver needs none
     sources = {id(s): ray.put(s) for s in fleet.sources}  # a video file is put once for all
 
     def fleet_of(strategy: Strategy) -> tuple[RayCameras, RayManager]:
@@ -221,7 +217,7 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
         ).remote(list(cams), [sources[id(fleet.sources[c])] for c in cams], [states[c] for c in cams],
                  cfg, teacher)) for g, cams in enumerate(shards)]
         manager = ManagerActor.options(name=f"{strategy.name}/manager", num_cpus=_MANAGER_CPUS).remote(
-            cfg, server_states, pool.client(), fleet.teacher_cvae)
+            cfg, states, pool.client(), fleet.teacher_cvae)
         return RayCameras(groups, shards), RayManager(manager, log)
 
     fleets = [fleet_of(s) for s in strategies]
@@ -249,7 +245,7 @@ def train_students_on_ray(jobs: list[StudentJob], log: Callable[[str], None] = p
     once as the cluster has cores for (each uses the driver's torch threads,
     so the weights equal the inline runner's), on a GPU where the cluster has one."""
     threads = torch.get_num_threads()
-    cores = os.cpu_count() if _embedded else ray.cluster_resources().get("CPU", 1)
+    cores = _cores()
     gpus = 0.5 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     at_once = max(1, int(cores // threads))
     waiting, running = list(enumerate(jobs)), {}
@@ -259,6 +255,16 @@ def train_students_on_ray(jobs: list[StudentJob], log: Callable[[str], None] = p
             running[_train_student.options(num_gpus=gpus).remote(job, threads)] = i
         [done], _ = ray.wait(list(running), num_returns=1)
         yield running.pop(done), ray.get(done)
+
+
+def _cores() -> float:
+    """Cores the cluster can train on: this machine's when every node runs on
+    it (an embedded or local test cluster, whose logical CPUs are set above
+    its cores), else the cluster's logical CPUs."""
+    here = ray.util.get_node_ip_address()
+    if all(n["NodeManagerAddress"] == here for n in ray.nodes() if n.get("Alive")):
+        return os.cpu_count() or 1
+    return ray.cluster_resources().get("CPU", 1)
 
 
 def _ship_by_value(strategies: list[Strategy]) -> None:

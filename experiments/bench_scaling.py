@@ -7,18 +7,20 @@ for each fleet size and writes one row per size to ``DIR/scaling.parquet``:
   start-up (from the end of the first tick to the end of the last), so 1.0
   keeps up with live cameras;
 - ``frames_per_s``: camera frames inferred per wall second, the same span;
-- ``cpu_s``: CPU-seconds the node used for the whole run, start-up included;
+- ``startup_s``: from the call to the end of the first tick (Serve, the
+  Train pool, the fleet's actors; the students come from the cache);
+- ``cpu_s``: CPU-seconds the node used over the same span as ``wall_s``;
 - ``peak_rss_mb``: the peak, over the run, of the whole Ray node's resident
   memory (this driver and every process it started: GCS, raylets, workers;
   unique set sizes, so shared pages count once), and ``rss_per_camera_mb``
   that peak over the cameras. The printed marginal cost per camera is the
   slope between the smallest and the largest fleet.
 
-Each camera's initial student is trained once and cached (``--warmup``
-seconds of its past; the preset's 400 s take ~21 s per camera on 2 cores,
-``--warmup 40`` about a tenth: the throughput and memory figures do not
-depend on it). ``--nodes N`` runs on a local N-node cluster
-(``ray.cluster_utils.Cluster``), cores split evenly.
+Each camera's initial student is trained first, once, as Ray tasks, and
+cached (``--warmup`` seconds of its past; the preset's 400 s take ~21 s per
+camera on 2 cores, ``--warmup 40`` about a fifth: poorer students, the same
+work per frame). ``--nodes N`` runs on a local N-node cluster
+(``ray.cluster_utils.Cluster``) on this machine's cores.
 
     python experiments/bench_scaling.py --cameras 1,4,16,64 --duration 120 --out DIR [--nodes N]
 """
@@ -37,9 +39,11 @@ import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 import ray  # noqa: E402
 
-from driftlab.actors.runner import NAMESPACE, RayOptions, group_size, run_on_ray, start_ray  # noqa: E402
+from driftlab.actors.runner import (NAMESPACE, RayOptions, group_size, plan_resources, run_on_ray,  # noqa: E402
+                                    start_ray, train_students_on_ray)
 from driftlab.platform.config import SimConfig  # noqa: E402
 from driftlab.platform.metrics import write_parquet  # noqa: E402
+from driftlab.platform.runner import build_fleet  # noqa: E402
 
 COLUMNS = ["cameras", "cameras_per_actor", "actors", "nodes", "wall_s", "stream_s", "realtime_factor",
            "frames_per_s", "startup_s", "cpu_s", "peak_rss_mb", "rss_per_camera_mb"]
@@ -51,7 +55,7 @@ class NodeUsage:
     sizes, and the CPU-seconds they used since the start (a process that ends
     between samples loses at most ``every`` seconds of its count)."""
 
-    def __init__(self, every: float = 1.0):
+    def __init__(self, every: float = 5.0):
         self.every, self.peak = every, 0.0
         self._cpu_first: dict[int, float] = {}
         self._cpu_last: dict[int, float] = {}
@@ -59,6 +63,11 @@ class NodeUsage:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
+
+    def cpu_s(self) -> float:
+        """CPU-seconds used since the start, sampled now."""
+        self._sample()
+        return sum(self._cpu_last[p] - self._cpu_first[p] for p in self._cpu_last)
 
     def _sample(self, first: bool = False) -> None:
         me = psutil.Process()
@@ -83,8 +92,7 @@ class NodeUsage:
         """(peak MB, CPU-seconds used)."""
         self._stop.set()
         self._thread.join()
-        self._sample()
-        return self.peak, sum(self._cpu_last[p] - self._cpu_first[p] for p in self._cpu_last)
+        return self.peak, self.cpu_s()
 
 
 def start_cluster(nodes: int, cpus: int):
@@ -99,15 +107,27 @@ def start_cluster(nodes: int, cpus: int):
     return cluster
 
 
+def bench_config(n: int, args) -> SimConfig:
+    return SimConfig(cameras=n, duration=args.duration, strategies=(args.strategy,),
+                     scenario=args.scenario, warmup=args.warmup, seed=args.seed)
+
+
 def run_one(n: int, args, opts: RayOptions) -> dict:
-    cfg = SimConfig(cameras=n, duration=args.duration, strategies=(args.strategy,),
-                    scenario=args.scenario, warmup=args.warmup, seed=args.seed)
+    cfg = bench_config(n, args)
     marks: dict[int, float] = {}
     usage = NodeUsage()
+    started_cpu = []
+
+    def after_tick(_strategy: str, k: int) -> None:
+        marks[k] = time.perf_counter()
+        if k == 0:
+            started_cpu.append(usage.cpu_s())
+            marks[k] = time.perf_counter()
+
     t0 = time.perf_counter()
-    run_on_ray(cfg, opts, progress=False, log=lambda m: print(f"  {m}", flush=True),
-               after_tick=lambda _s, k: marks.__setitem__(k, time.perf_counter()))
+    run_on_ray(cfg, opts, progress=False, log=lambda m: print(f"  {m}", flush=True), after_tick=after_tick)
     peak, cpu_s = usage.stop()
+    cpu_s -= started_cpu[0]
     last = max(marks)
     span = marks[last] - marks[0]
     stream = last * cfg.tick  # ticks 1..last, after the first
@@ -116,6 +136,30 @@ def run_one(n: int, args, opts: RayOptions) -> dict:
             "nodes": sum(1 for x in ray.nodes() if x.get("Alive")), "wall_s": span, "stream_s": stream,
             "realtime_factor": stream / span, "frames_per_s": n * stream * cfg.world.fps / span,
             "startup_s": marks[0] - t0, "cpu_s": cpu_s, "peak_rss_mb": peak, "rss_per_camera_mb": peak / n}
+
+
+def markdown(df: pd.DataFrame, note: str) -> str:
+    """The table as Markdown, with the command, commit and date that made it."""
+    def cell(x) -> str:
+        return f"{x:.2f}" if isinstance(x, float) else str(x)
+
+    lines = [note, "", "| " + " | ".join(df.columns) + " |", "|" + " --- |" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _provenance(args) -> str:
+    import datetime
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return (f"`python experiments/bench_scaling.py {' '.join(sys.argv[1:])}` at commit {commit}, "
+            f"{datetime.date.today()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+            f"{args.strategy} on {args.scenario}, warm-up {args.warmup:.0f} s")
 
 
 def main() -> None:
@@ -140,17 +184,24 @@ def main() -> None:
         sys.exit(2)
     os.makedirs(args.out, exist_ok=True)
     cluster = None
-    if args.nodes > 1:
-        cluster = start_cluster(args.nodes, max(1, math.ceil((os.cpu_count() or 2) * 4 / args.nodes)))
-    else:
-        start_ray(SimConfig(cameras=max(counts), strategies=(args.strategy,)), RayOptions())
     opts = RayOptions(cameras_per_actor=args.cameras_per_actor)
+    if args.nodes > 1:  # logical CPUs for the largest fleet, as the embedded Ray sizes itself
+        need = plan_resources(SimConfig(cameras=max(counts)), opts, {"CPU": math.inf, "GPU": math.inf})["CPU"]
+        cluster = start_cluster(args.nodes, math.ceil(need / args.nodes) + 1)
+    else:
+        start_ray(SimConfig(cameras=max(counts), strategies=(args.strategy,)), opts)
     rows = []
     try:
+        # Every camera's initial student first (cached): no row pays for them,
+        # and the task workers that trained them are part of every row's base.
+        build_fleet(bench_config(max(counts), args), log=print, train_students=train_students_on_ray)
         for n in counts:
             print(f"{n} cameras ...", flush=True)
             rows.append(run_one(n, args, opts))
-            write_parquet(pd.DataFrame(rows, columns=COLUMNS), os.path.join(args.out, "scaling.parquet"))
+            df = pd.DataFrame(rows, columns=COLUMNS)
+            write_parquet(df, os.path.join(args.out, "scaling.parquet"))
+            with open(os.path.join(args.out, "scaling.md"), "w") as f:
+                f.write(markdown(df, _provenance(args)))
     finally:
         ray.shutdown()
         if cluster is not None:
@@ -165,7 +216,7 @@ def main() -> None:
         print(f"beyond the base ({a.cameras:.0f} -> {b.cameras:.0f} cameras): "
               f"{(b.peak_rss_mb - a.peak_rss_mb) / extra:.1f} MB and "
               f"{(b.cpu_s - a.cpu_s) / (extra * args.duration):.4f} CPU-s per stream second per camera")
-    print(f"wrote {os.path.join(args.out, 'scaling.parquet')}")
+    print(f"wrote {os.path.join(args.out, 'scaling.parquet')} and scaling.md")
 
 
 if __name__ == "__main__":
