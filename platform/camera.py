@@ -4,7 +4,8 @@ uploads the frames its policy picks for the teacher to label.
 A :class:`Camera` holds its source, its student, its strategy's
 :class:`~driftlab.platform.strategies.CameraPolicy`, its trigger and its
 adapters (:mod:`driftlab.platform.adapters`); it knows no strategy by name.
-The same object runs inline and inside a Ray camera actor.
+The same object runs inline and inside a Ray camera-group actor
+(:class:`CameraGroup`: a shard of cameras stepped together).
 """
 from __future__ import annotations
 

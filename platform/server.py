@@ -131,11 +131,11 @@ class Server:
                        est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
                        last_update=up.last_update, condition=up.condition)
 
-    def forget(self, before: float) -> None:
-        """Drop every camera's uploads older than stream time ``before``: what
-        the server holds stays bounded by the strategy's lookback."""
-        for store in self.stores:
-            store.forget(before)
+    def forget(self, before: list[float]) -> None:
+        """Drop each camera's uploads older than its stream time in ``before``:
+        what the server holds stays bounded by the strategy's lookback."""
+        for store, t in zip(self.stores, before):
+            store.forget(t)
 
     # --- Profiler protocol (Ekya's micro-profiler) -----------------------------
     def num_samples(self, camera: int, since: float, until: float) -> int:

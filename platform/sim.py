@@ -170,10 +170,15 @@ class FleetManager:
 
     def serve(self, until: float) -> list[Deployment]:
         out = serve_jobs(self.manager, self.server, until, self.execute)
-        # Requests yet to be served read back from their cutoff; later ones from later.
-        oldest = min([r.cutoff for r in self.manager.pending], default=until)
-        lookback = max([self.manager.lookback()] + [p.lookback() for p in self.server.plugins])
-        self.server.forget(oldest - lookback)
+        # A request yet to be served reads its camera's uploads back from its
+        # cutoff, a plugin (borrowing) every camera's; later requests from later.
+        oldest = {}
+        for r in self.manager.pending:
+            oldest[r.camera] = min(r.cutoff, oldest.get(r.camera, until))
+        reach = max([0.0] + [p.lookback() for p in self.server.plugins])
+        shared = min(oldest.values(), default=until) - reach
+        self.server.forget([min(oldest.get(c, until) - self.manager.lookback(), shared)
+                            for c in range(len(self.server.stores))])
         return out
 
     def stats(self) -> tuple[int, float]:

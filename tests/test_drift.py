@@ -73,7 +73,7 @@ def test_cameras_retrain_only_around_their_change_points(tiny_cfg):
     for name in cfg.strategies:
         sim = inline_simulation(cfg, name, fleet)
         jobs[name] = [j for _, _, started in sim for j in started]
-    detectors = [cam.trigger.detector for cam in sim.cameras.cameras]
+    detectors = [cam.trigger.detector for cam in sim.cameras.group.cameras]
     assert any(d.changes for d in detectors), "the day_night streams drift: some camera must see it"
     hold = cfg.changepoint.hold
     for j in jobs["periodic+cp"]:

@@ -81,7 +81,7 @@ def two_nodes():
 def test_camera_groups_spread_over_nodes_and_give_the_single_node_summary(two_nodes, tiny_cfg):
     from ray.util.state import list_actors
 
-    cfg = tiny_cfg(cameras=4, strategies=["static", "edgesync"])
+    cfg = tiny_cfg(cameras=4, strategies=["edgesync"])
     inline = run_inline(cfg, progress=False, log=lambda *_: None)
     nodes: dict[str, str] = {}
 

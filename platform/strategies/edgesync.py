@@ -77,6 +77,12 @@ class EdgeSyncManager(TrainingManager):
         p = self.cfg.edgesync
         ready = self._ready(now)
         latest = latest_per_camera(ready)
+        # A camera's newest ready request supersedes its older ones (nothing
+        # reads them): dropped, so a camera waiting its turn holds no more
+        # than its newest request's samples on the server.
+        superseded = {id(r) for r in ready} - {id(r) for r in latest.values()}
+        self.pending = [r for r in self.pending if id(r) not in superseded]
+        ready = [r for r in ready if id(r) not in superseded]
         for cam, r in list(latest.items()):
             if r.est_accuracy >= p.skip_accuracy or self.at_home(r):
                 self._take([q for q in ready if q.camera == cam])
