@@ -68,7 +68,7 @@ class TrainClient:
     Attributes:
         jobs: the pool's queue of ``(job_id, [job ref])`` the workers take from.
         results: this client's own queue of what the pool forwards to it
-            (start, done, error, lost, dead), so several managers share one pool.
+            (done, error, lost, dead), so several managers share one pool.
         prefix: this client's job-id prefix (the pool routes by it).
     """
 
@@ -200,11 +200,11 @@ class TrainPool:
                 for q in clients:
                     q.put(("dead", None, payload))
                 continue
-            if kind == "start":
+            if kind == "start":  # the pool's to know, not the client's
                 workers.add(worker)
                 started[job_id] = worker
-            else:
-                started.pop(job_id, None)
+                continue
+            started.pop(job_id, None)
             self._forward(job_id, (kind, job_id, payload))
 
     def _forward(self, job_id: str, message: tuple) -> None:

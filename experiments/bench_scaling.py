@@ -119,10 +119,9 @@ def run_one(n: int, args, opts: RayOptions) -> dict:
     started_cpu = []
 
     def after_tick(_strategy: str, k: int) -> None:
-        marks[k] = time.perf_counter()
         if k == 0:
             started_cpu.append(usage.cpu_s())
-            marks[k] = time.perf_counter()
+        marks[k] = time.perf_counter()
 
     t0 = time.perf_counter()
     run_on_ray(cfg, opts, progress=False, log=lambda m: print(f"  {m}", flush=True), after_tick=after_tick)
@@ -150,14 +149,10 @@ def markdown(df: pd.DataFrame, note: str) -> str:
 
 def _provenance(args) -> str:
     import datetime
-    import subprocess
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return (f"`python experiments/bench_scaling.py {' '.join(sys.argv[1:])}` at commit {commit}, "
+    from drift_sim import current_commit  # this script's folder is on sys.path
+
+    return (f"`python experiments/bench_scaling.py {' '.join(sys.argv[1:])}` at commit {current_commit()}, "
             f"{datetime.date.today()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
             f"{args.strategy} on {args.scenario}, warm-up {args.warmup:.0f} s")
 
