@@ -95,7 +95,7 @@ class CameraGroupActor:
         self.strategy = strategy
         cameras = []
         for i, source, state in zip(self.indices, self.sources, ray.get(self.student_states)):
-            model = build_student(self.cfg.student, self.cfg.world.num_classes)
+            model = build_student(self.cfg.student, self.cfg.num_classes)
             model.load_state_dict(state)
             cameras.append(build_camera(strategy, self.cfg, i, source, model.to(self.device).eval(),
                                         lambda images: self._label_all([images])[0]))

@@ -37,7 +37,7 @@ class ManagerActor:
         self.train = train
         students = []
         for state in ray.get(list(student_states)):
-            model = build_student(cfg.student, cfg.world.num_classes)
+            model = build_student(cfg.student, cfg.num_classes)
             model.load_state_dict(state)
             students.append(model.eval())
         self.fleet = FleetManager(cfg, students, default_device(), teacher_cvae, execute=train.run)

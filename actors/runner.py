@@ -19,6 +19,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
 
 import pandas as pd
@@ -33,20 +34,24 @@ from driftlab.platform.camera import shard
 from driftlab.platform.sim import Simulation
 from driftlab.platform.strategies import Strategy, parse_strategies
 from driftlab.platform.validation import ConfigError, check_non_negative, check_whole
-from driftlab.platform.zoo import StudentJob, teacher_checkpoint
+from driftlab.platform.zoo import StudentJob
 
 from .camera import CameraGroupActor, CameraProxy, RayCameras
 from .manager import ManagerActor, RayManager
 from .trainer import TrainPool
 
-__all__ = ["RayOptions", "ResourceError", "start_ray", "plan_resources", "group_size", "run_on_ray",
+__all__ = ["NAMESPACE", "WORKER_ENV", "RayOptions", "ResourceError", "start_ray", "plan_resources", "group_size", "run_on_ray",
            "train_students_on_ray"]
 
 NAMESPACE = "driftlab"
-# Camera actors infer a few frames at a time, all at once: OpenMP threads that
-# spin between those small calls steal the cores the other cameras compute
-# on. (Training keeps the default: passive waiting halves its speed.)
-CAMERA_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+# Every process of a run (camera groups, the teacher, Train workers) runs
+# torch on OpenMP threads. GNU OpenMP's threads spin before they sleep:
+# processes sharing a node steal each other's cores. 2 cores, default preset
+# at 300 s, five fleets at once: 566 s spinning, 590 s with a short spin
+# (GOMP_SPINCOUNT=10000), 405 s passive, although passive waiting makes a
+# training job alone 1.7x slower (docs/results/log.md). A user's own setting wins.
+WORKER_ENV = {k: os.environ[k] for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if k in os.environ} or \
+    {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 class ResourceError(ConfigError):
@@ -74,6 +79,10 @@ class RayOptions:
         train_gpus: GPU fraction per Train worker (None: 0.5 when the cluster
             has GPUs, else 0).
         http_port: port of Serve's HTTP proxy (the teacher's route).
+        strategies_at_once: strategies whose fleets run at the same time
+            (None: all); a fleet's actors start with its strategy. Fewer
+            at once need fewer resources (on 2 cores one at a time was
+            slower: docs/results/log.md).
     """
 
     address: str | None = None
@@ -87,13 +96,15 @@ class RayOptions:
     train_workers: int = 1
     train_gpus: float | None = None
     http_port: int = 8000
+    strategies_at_once: int | None = None
 
     def __post_init__(self):
         try:
             check_non_negative(self, "cpus_per_camera", "gpus_per_camera")
             check_whole(self, "teacher_replicas", "teacher_batch", "train_workers", "http_port", minimum=1)
-            if self.cameras_per_actor is not None:
-                check_whole(self, "cameras_per_actor", minimum=1)
+            for name in ("cameras_per_actor", "strategies_at_once"):
+                if getattr(self, name) is not None:
+                    check_whole(self, name, minimum=1)
             for name in ("num_cpus", "teacher_gpus", "train_gpus"):
                 if getattr(self, name) is not None:
                     check_non_negative(self, name)
@@ -104,8 +115,6 @@ class RayOptions:
 _TEACHER_CPUS, _MANAGER_CPUS, _TRAIN_CPUS = 0.5, 0.25, 1.0
 _TRAIN_START_S = 300
 _MAX_PER_ACTOR = 32  # one process infers ~100 cameras at 2 fps in real time on one core
-
-
 def group_size(cameras: int, nodes: int = 1) -> int:
     """Default cameras per group actor: at least one group per node (so a
     cluster spreads the fleet), at most :data:`_MAX_PER_ACTOR` per group."""
@@ -148,12 +157,12 @@ def start_ray(cfg: SimConfig, opts: RayOptions) -> str:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ctx = ray.init(address=address, namespace=NAMESPACE)
+        ctx = ray.init(address=address, namespace=NAMESPACE, runtime_env={"env_vars": WORKER_ENV})
     else:
         rough = plan_resources(cfg, opts, {"CPU": math.inf, "GPU": math.inf}, len(cfg.strategies))
         cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(rough["CPU"]))
         ctx = ray.init(num_cpus=cpus, namespace=NAMESPACE, include_dashboard=True,
-                       configure_logging=True, logging_level="warning")
+                       configure_logging=True, logging_level="warning", runtime_env={"env_vars": WORKER_ENV})
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return _dashboard_url(ctx)
 
@@ -184,13 +193,13 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     strategies = parse_strategies(cfg)
     _ship_by_value(strategies)
     set_determinism()
-    plan = plan_resources(cfg, opts, ray.cluster_resources(), len(strategies))
+    at_once = min(opts.strategies_at_once or len(strategies), len(strategies))
+    plan = plan_resources(cfg, opts, ray.cluster_resources(), at_once)
     fleet = build_fleet(cfg, log, train_students=train_students_on_ray)
-    checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
     log("starting the Serve teacher and the Ray Train pool ...")
     serve.start(http_options={"host": "127.0.0.1", "port": opts.http_port}, logging_config=QUIET)
     teacher = deploy_teacher(TeacherOptions(
-        checkpoint, cfg.teacher, cfg.world.num_classes, cfg.world.size,
+        fleet.teacher_spec, cfg.num_classes, cfg.frame_size,
         replicas=opts.teacher_replicas, max_batch_size=opts.teacher_batch, num_cpus=_TEACHER_CPUS,
         num_gpus=plan["teacher_gpus"], genkd_checkpoint=fleet.genkd_checkpoint))
     pool = TrainPool(opts.train_workers, cpus_per_worker=_TRAIN_CPUS, gpus_per_worker=plan["train_gpus"])
@@ -211,27 +220,59 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     sources = {id(s): ray.put(s) for s in fleet.sources}  # a video file is put once for all
 
     def fleet_of(strategy: Strategy) -> tuple[RayCameras, RayManager]:
+        log(f"{strategy.name}: {cfg.cameras} cameras in {len(shards)} group actor(s) of up to "
+            f"{len(shards[0])} on {nodes} node(s)")
         groups = [CameraProxy(CameraGroupActor.options(
             name=f"{strategy.name}/cameras-{g}", num_cpus=opts.cpus_per_camera * len(cams),
-            num_gpus=opts.gpus_per_camera * len(cams), runtime_env=CAMERA_ENV, scheduling_strategy="SPREAD",
+            num_gpus=opts.gpus_per_camera * len(cams), scheduling_strategy="SPREAD",
         ).remote(list(cams), [sources[id(fleet.sources[c])] for c in cams], [states[c] for c in cams],
                  cfg, teacher)) for g, cams in enumerate(shards)]
         manager = ManagerActor.options(name=f"{strategy.name}/manager", num_cpus=_MANAGER_CPUS).remote(
             cfg, states, pool.client(), fleet.teacher_cvae)
         return RayCameras(groups, shards), RayManager(manager, log)
 
-    fleets = [fleet_of(s) for s in strategies]
-    log(f"{len(strategies)} strategies at once, each {cfg.cameras} cameras in {len(shards)} group actor(s) "
-        f"of up to {len(shards[0])} on {nodes} node(s)")
+    fleets = [_Fleet(partial(fleet_of, s)) for s in strategies]
+    log(f"{len(strategies)} strategies, {at_once} at a time")
     try:
-        sims = [Simulation(cfg, s, fleet, cameras, manager) for s, (cameras, manager) in zip(strategies, fleets)]
-        return run_strategies(cfg, sims, out_dir, progress, log, after_tick, at_once=len(sims))
+        sims = [Simulation(cfg, s, fleet, f.part(0), f.part(1)) for s, f in zip(strategies, fleets)]
+        return run_strategies(cfg, sims, out_dir, progress, log, after_tick, at_once=at_once)
     finally:
-        for cameras, manager in fleets:
-            for actor in [manager.actor, *cameras.actors]:
-                ray.kill(actor)
+        for f in fleets:
+            f.close()
         pool.close()
         serve.delete(APP_NAME)
+
+
+class _Fleet:
+    """A strategy's camera groups and manager, created when the strategy
+    starts (its :class:`Simulation` starts its cameras first)."""
+
+    def __init__(self, create: Callable[[], tuple[RayCameras, RayManager]]):
+        self.create, self.parts = create, None
+
+    def part(self, i: int) -> "_Deferred":
+        return _Deferred(self, i)
+
+    def close(self) -> None:
+        if self.parts is not None:
+            cameras, manager = self.parts
+            for actor in [manager.actor, *cameras.actors]:
+                ray.kill(actor)
+
+
+class _Deferred:
+    """The cameras (0) or the manager (1) of a :class:`_Fleet`, started on first use."""
+
+    def __init__(self, fleet: _Fleet, i: int):
+        self._fleet, self._i = fleet, i
+
+    def start(self, strategy: Strategy) -> None:
+        if self._fleet.parts is None:
+            self._fleet.parts = self._fleet.create()
+        self._fleet.parts[self._i].start(strategy)
+
+    def __getattr__(self, name: str):
+        return getattr(self._fleet.parts[self._i], name)
 
 
 @ray.remote(num_cpus=1)

@@ -14,15 +14,16 @@ replica keeps serving either way.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 from ray import serve
 
-from driftlab.platform.models import build_teacher, default_device, from_logits
+from driftlab.platform.config import TeacherSpec
+from driftlab.platform.models import default_device, from_logits, load_teacher_weights
+from driftlab.platform.runner import set_determinism
 from driftlab.platform.teacher import teach
-from driftlab.platform.zoo import load_checkpoint, load_teacher_genkd
+from driftlab.platform.zoo import load_teacher_genkd
 
 __all__ = ["TeacherOptions", "Teacher", "teacher_app", "deploy_teacher", "ROUTE", "APP_NAME"]
 
@@ -36,9 +37,8 @@ class TeacherOptions:
     """How the teacher is served.
 
     Attributes:
-        checkpoint: path of the teacher's weights (a ``state_dict`` file).
-        arch: its torchvision architecture.
-        num_classes: classes it predicts.
+        spec: the teacher (its ``weights`` set: a state_dict or TorchScript file).
+        num_classes: the task's classes it scores.
         image_size: side of the square frames it labels (HTTP images are resized).
         replicas: Serve replicas.
         max_batch_size: most upload requests one batched call serves.
@@ -52,8 +52,7 @@ class TeacherOptions:
             labels come with the teacher's attention for genkd jobs.
     """
 
-    checkpoint: str
-    arch: str = "resnet18"
+    spec: TeacherSpec
     num_classes: int = 6
     image_size: int = 64
     replicas: int = 1
@@ -75,14 +74,10 @@ class HTTPError(Exception):
 @serve.deployment(name="Teacher", max_ongoing_requests=64, logging_config=QUIET)
 class Teacher:
     def __init__(self, opts: TeacherOptions):
-        import torch
-
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        set_determinism()   # the inline runner's threads: the same labels to the last bit
         self.opts = opts
         self.device = default_device()
-        model = build_teacher(opts.arch, opts.num_classes)
-        load_checkpoint(model, opts.checkpoint)
-        self.model = model.to(self.device).eval()
+        self.model = load_teacher_weights(opts.spec, opts.num_classes).to(self.device).eval()
         self.head = None if opts.genkd_checkpoint is None else load_teacher_genkd(
             opts.genkd_checkpoint, self.device)[0]
         self._label_batch.set_max_batch_size(opts.max_batch_size)
@@ -139,9 +134,11 @@ class Teacher:
 
 
 def teacher_app(opts: TeacherOptions):
-    """The Serve application; the checkpoint is checked here, at deploy time,
-    so a bad one fails with one message instead of replicas crash-looping."""
-    load_checkpoint(build_teacher(opts.arch, opts.num_classes), opts.checkpoint)
+    """The Serve application; the weights are checked here, at deploy time,
+    so bad ones fail with one message instead of replicas crash-looping."""
+    if opts.spec.weights is None:
+        raise ValueError("the Serve teacher needs its weights file (TeacherSpec.weights)")
+    load_teacher_weights(opts.spec, opts.num_classes)
     return Teacher.options(
         num_replicas=opts.replicas,
         ray_actor_options={"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus},

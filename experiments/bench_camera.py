@@ -74,7 +74,7 @@ def main() -> None:
     best = {name: max(fn() for _ in range(args.repeats))
             for name, fn in (("plain loop", local), ("Ray actor", through_actor), ("bare torch", bare))}
     print(f"{n} frames of {cfg.world.size}x{cfg.world.size}, {batch} per call, "
-          f"{cfg.student}, best of {args.repeats}")
+          f"{cfg.student.arch}, best of {args.repeats}")
     for name, fps in best.items():
         print(f"  {name:>10}: {fps:8.0f} frames/s")
     print(f"  actor / plain loop: {best['Ray actor'] / best['plain loop']:.2f}  (goal >= 0.8)")

@@ -63,7 +63,7 @@ def main() -> None:
     device = default_device()
     cfg = SimConfig(duration=(args.ticks + 2) * 10.0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{name}; {cfg.student} student, {cfg.teacher} teacher, {cfg.world.size} px, {cfg.world.fps:g} fps")
+    print(f"{name}; {cfg.student.arch} student, {cfg.teacher.arch} teacher, {cfg.world.size} px, {cfg.world.fps:g} fps")
     loop = camera_cost(cfg, args.cameras, args.ticks, False, device)
     print(f"camera tick, one by one:  {loop * 1e3:8.2f} ms compute per camera per stream second")
     stacked = camera_cost(cfg, args.cameras, args.ticks, True, device)

@@ -39,7 +39,7 @@ import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 import ray  # noqa: E402
 
-from driftlab.actors.runner import (NAMESPACE, RayOptions, group_size, plan_resources, run_on_ray,  # noqa: E402
+from driftlab.actors.runner import (NAMESPACE, WORKER_ENV, RayOptions, group_size, plan_resources, run_on_ray,  # noqa: E402
                                     start_ray, train_students_on_ray)
 from driftlab.platform.config import SimConfig  # noqa: E402
 from driftlab.platform.metrics import write_parquet  # noqa: E402
@@ -103,7 +103,8 @@ def start_cluster(nodes: int, cpus: int):
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=cpus)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="warning")
+    ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="warning",
+             runtime_env={"env_vars": WORKER_ENV})
     return cluster
 
 

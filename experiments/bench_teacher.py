@@ -24,7 +24,7 @@ from driftlab.platform.config import SimConfig  # noqa: E402
 from driftlab.platform.models import predict  # noqa: E402
 from driftlab.platform.runner import set_determinism  # noqa: E402
 from driftlab.platform.world import CONDITIONS, render_condition_set  # noqa: E402
-from driftlab.platform.zoo import load_teacher, teacher_checkpoint  # noqa: E402
+from driftlab.platform.zoo import load_teacher, with_teacher_weights  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     set_determinism()
     cfg = SimConfig()
-    ckpt = teacher_checkpoint(cfg.world, cfg.teacher)
+    spec = with_teacher_weights(cfg.world, cfg.teacher)
     per = -(-args.uploads * args.frames // len(CONDITIONS))
     images = render_condition_set(cfg.world, list(CONDITIONS), per, seed=5).images
     uploads = [images[i * args.frames:(i + 1) * args.frames] for i in range(args.uploads)]
@@ -54,7 +54,7 @@ def main() -> None:
     serve.start(logging_config={"log_level": "WARNING", "enable_access_log": False})
     def served(batch: int) -> float:
         """Frames/s of the deployment batching ``batch`` uploads per call (1: unbatched)."""
-        handle = deploy_teacher(TeacherOptions(ckpt, cfg.teacher, cfg.world.num_classes, cfg.world.size,
+        handle = deploy_teacher(TeacherOptions(spec, cfg.num_classes, cfg.world.size,
                                                max_batch_size=batch, batch_wait_timeout_s=0.01, num_cpus=1))
 
         def once() -> float:
@@ -73,7 +73,7 @@ def main() -> None:
         "Serve unbatched": served(1),
     }
     print(f"{args.uploads} uploads x {args.frames} frames, {args.batch} uploads per batch, "
-          f"{cfg.teacher}, best of {args.repeats}")
+          f"{cfg.teacher.arch}, best of {args.repeats}")
     for name, fps in best.items():
         print(f"  {name:>15}: {fps:8.0f} frames/s")
     print(f"  Serve batched / direct: {best['Serve batched'] / best['direct batched']:.2f}  (goal >= 0.7)")

@@ -27,10 +27,12 @@ from typing import Callable
 
 import pandas as pd
 
-from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, SimConfig, config_from_dict, load_config
+from driftlab.platform.config import (DISTILL_WEIGHTS, ConfigError, SimConfig, config_from_dict, describe_sources,
+                                     load_config)
 from driftlab.platform.metrics import format_seed_table, format_table, over_seeds, write_parquet
 from driftlab.platform.strategies import COMPONENTS, STRATEGIES, parse_strategies
-from driftlab.platform.world import SCENARIOS, VideoError
+from driftlab.platform.world import SCENARIOS
+from driftlab.platform.world.recorded import VideoError, expand_source_arg
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,8 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                   "each and report every strategy's mean ± std over them")
     p.add_argument("--distill", help=f"what retraining learns from the teacher: "
                                      f"{' or '.join(DISTILL_WEIGHTS)} (default hinton: its logits and labels)")
-    p.add_argument("--source", help="a video file every camera reads instead of the synthetic world")
-    p.add_argument("--labels", help="CSV (frame,label) of ground truth for --source")
+    p.add_argument("--source", help="recordings the cameras play, one camera each: a video file, a "
+                                    "comma-separated list of them, or a directory of video files "
+                                    "(config: sources, which also takes frame directories, offsets, fps)")
+    p.add_argument("--labels", help="CSV (frame,label) of ground truth for a single --source")
     p.add_argument("--out", help="directory for Parquet results, plot and config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     ray = p.add_argument_group("Ray")
@@ -65,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ray.add_argument("--teacher-replicas", type=int, default=1)
     ray.add_argument("--teacher-batch", type=int, default=16, help="uploads per batched teacher call")
     ray.add_argument("--train-workers", type=int, default=1)
+    ray.add_argument("--strategies-at-once", type=int,
+                     help="strategies whose fleets run at the same time (default: all)")
     ray.add_argument("--http-port", type=int, default=8000, help="Serve HTTP port (teacher route)")
     return p.parse_args(argv)
 
@@ -88,13 +94,29 @@ def resolve_config(args: argparse.Namespace) -> tuple[SimConfig, list[int]]:
     seeds = parse_seeds(args.seed)
     overrides = {k: v for k, v in {
         "scenario": args.scenario, "cameras": args.cameras, "duration": args.duration,
-        "seed": seeds[0] if seeds else None, "distill": args.distill, "source": args.source,
-        "source_labels": args.labels,
+        "seed": seeds[0] if seeds else None, "distill": args.distill, "sources": source_specs(args),
         "strategies": args.strategies.split(",") if args.strategies else None,
     }.items() if v is not None}
     cfg = config_from_dict(overrides, cfg)
     parse_strategies(cfg)  # unknown names fail here, before anything starts
     return cfg, seeds or [cfg.seed]
+
+
+def source_specs(args: argparse.Namespace) -> list[dict] | None:
+    """``--source`` and ``--labels`` as ``sources`` entries."""
+    if args.source is None:
+        if args.labels is not None:
+            raise ConfigError("--labels needs --source (or labels: in a config's sources)")
+        return None
+    paths = expand_source_arg(args.source)
+    if not paths:
+        raise ConfigError(f"--source names no file: {args.source!r}")
+    if args.labels is not None and len(paths) > 1:
+        raise ConfigError("--labels goes with a single --source; give several cameras' labels in a "
+                          "config's sources (sources: [{path: ..., labels: ...}])")
+    if len(paths) == 1 and args.cameras:   # one recording, every camera plays it
+        paths = paths * args.cameras
+    return [{"path": p, **({"labels": args.labels} if args.labels else {})} for p in paths]
 
 
 Runner = Callable[[SimConfig, "str | None"], pd.DataFrame]
@@ -112,8 +134,8 @@ def make_runner(cfg: SimConfig, args: argparse.Namespace) -> Runner:
     opts = RayOptions(address=args.address, num_cpus=args.num_cpus, cameras_per_actor=args.cameras_per_actor,
                       cpus_per_camera=args.cpus_per_camera, gpus_per_camera=args.gpus_per_camera,
                       teacher_replicas=args.teacher_replicas, teacher_batch=args.teacher_batch,
-                      train_workers=args.train_workers,
-                      http_port=args.http_port)
+                      train_workers=args.train_workers, http_port=args.http_port,
+                      strategies_at_once=args.strategies_at_once)
     url = start_ray(cfg, opts)
     print(f"Ray dashboard: {url or 'not running (install ray[default])'}", flush=True)
     return lambda c, out: run_on_ray(c, opts, out_dir=out, progress=progress)
@@ -160,9 +182,9 @@ def write_provenance(cfg: SimConfig, argv: list[str], out: str, commit: str) -> 
     import hashlib
     import json
 
-    from driftlab.platform.zoo import teacher_checkpoint
+    from driftlab.platform.zoo import with_teacher_weights
 
-    with open(teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=lambda *_: None), "rb") as f:
+    with open(with_teacher_weights(cfg.world, cfg.teacher, log=lambda *_: None).weights, "rb") as f:
         model_cache = "teacher " + hashlib.sha256(f.read()).hexdigest()[:12]
     info = {"command": " ".join(["python experiments/drift_sim.py", *argv]), "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "model_cache": model_cache}
@@ -178,7 +200,7 @@ def main(argv=None) -> int:
         cfg, seeds = resolve_config(args)
         t0 = time.time()
         print(f"driftlab: {len(cfg.strategies)} strategies x {cfg.cameras} cameras, "
-              f"scenario {cfg.scenario if not cfg.source else cfg.source}, "
+              f"{'scenario ' + cfg.scenario if not cfg.sources else describe_sources(cfg)}, "
               f"{cfg.duration:.0f} s of stream, seed {','.join(map(str, seeds))}", flush=True)
         run = make_runner(cfg, args)
         if len(seeds) == 1:

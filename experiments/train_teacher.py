@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from driftlab.platform.config import SimConfig
-from driftlab.platform.models import TEACHERS, build_student
+from driftlab.platform.models import architectures, build_student
 from driftlab.platform.runner import set_determinism
 from driftlab.platform.training import TrainSpec, evaluate, fit
 from driftlab.platform.world import CONDITIONS, render_condition_set
@@ -27,7 +27,8 @@ from driftlab.platform.zoo import HELDOUT_SEED, load_teacher, teacher_report
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="resnet18", choices=list(TEACHERS))
+    p.add_argument("--arch", default="resnet18", choices=architectures(), metavar="ARCH",
+                   help="a torchvision classification architecture")
     p.add_argument("--save", help="also write the teacher checkpoint here")
     args = p.parse_args(argv)
     set_determinism()

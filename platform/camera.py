@@ -307,4 +307,4 @@ def build_camera(strategy: Strategy, cfg: SimConfig, index: int, source: FrameSo
     """Camera ``index`` of a fleet running ``strategy``: its policy, trigger and adapters."""
     policy = strategy.camera_policy(cfg, index)
     trigger, adapters = camera_components(strategy, cfg, policy.period())
-    return Camera(index, source, student, cfg.world.num_classes, policy, trigger, adapters, teach)
+    return Camera(index, source, student, cfg.num_classes, policy, trigger, adapters, teach)

@@ -10,6 +10,7 @@ and the CLI).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,11 @@ from .drift import ChangePointParams
 from .validation import (ConfigError, check_choice, check_non_negative, check_positive, check_range,
                          check_whole)
 from .world import SCENARIOS, WorldConfig
+from .world.recorded import SourceSpec
+from .world.render import SHAPE_NAMES
 
-__all__ = ["DISTILL_WEIGHTS", "CostModel", "EdgeSyncParams", "RefitParams", "SimConfig", "ConfigError",
-           "load_config", "config_to_dict", "config_from_dict"]
+__all__ = ["DISTILL_WEIGHTS", "CostModel", "EdgeSyncParams", "RefitParams", "ModelSpec", "TeacherSpec",
+           "SourceSpec", "SimConfig", "ConfigError", "describe_sources", "load_config", "config_to_dict", "config_from_dict"]
 
 
 DISTILL_WEIGHTS = {"hinton": 0.9, "genkd": 0.0, "none": 0.0}
@@ -144,12 +147,83 @@ class RefitParams:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """A model of the run: a torchvision classification architecture, where
+    its weights come from, and the input it takes.
+
+    Attributes:
+        arch: any of ``torchvision.models.list_models(torchvision.models)``
+            (``resnet50``, ``efficientnet_b0``, ``mobilenet_v3_large``, ...).
+        weights: its weights, a ``state_dict`` file or a TorchScript file
+            (default: trained here: the teacher on the synthetic world, each
+            camera's first student on its own past, labelled by the teacher).
+        input_size: side of the square frames it takes, in pixels (default:
+            the world's frame size); frames are resized to it.
+        mean: per-channel mean of its normalisation, RGB in [0, 1] (the
+            synthetic world's models use 0.45; ImageNet weights 0.485, 0.456, 0.406).
+        std: per-channel standard deviation (0.25; ImageNet 0.229, 0.224, 0.225).
+    """
+
+    arch: str = "mobilenet_v3_small"
+    weights: str | None = None
+    input_size: int | None = None
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+    def __post_init__(self):
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ConfigError(f"arch must be a torchvision architecture name, got {self.arch!r}")
+        if self.input_size is not None:
+            check_whole(self, "input_size", minimum=16)
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise ConfigError(f"{name} must be three numbers (R, G, B), got {list(v)}")
+        if min(self.std) <= 0:
+            raise ConfigError(f"std must be positive, got {list(self.std)}")
+
+
+@dataclass(frozen=True)
+class TeacherSpec(ModelSpec):
+    """The teacher: a :class:`ModelSpec` and the task's classes.
+
+    Attributes:
+        classes: the task's class names, carried into every output (default:
+            the synthetic world's shapes).
+        class_map: for a teacher with other classes than the task's (an
+            ImageNet or COCO classifier), the teacher output indices that make
+            up each task class, one list per class: the task class's score is
+            the log of their summed probabilities.
+    """
+
+    arch: str = "resnet18"
+    classes: tuple[str, ...] | None = None
+    class_map: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.classes is not None:
+            if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+                raise ConfigError(f"teacher.classes must be a list of names, got {self.classes!r}")
+            if len(set(self.classes)) != len(self.classes):
+                raise ConfigError(f"teacher.classes has duplicates: {list(self.classes)}")
+        if self.class_map is not None:
+            if self.classes is None or len(self.class_map) != len(self.classes):
+                raise ConfigError("teacher.class_map needs one list of teacher indices per class of "
+                                  "teacher.classes")
+            for name, idx in zip(self.classes, self.class_map):
+                if not idx or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx):
+                    raise ConfigError(f"teacher.class_map for {name!r} must be a non-empty list of "
+                                      f"teacher output indices, got {list(idx)}")
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """One simulation run.
 
     Attributes:
         scenario: a named drift scenario (see ``driftlab.platform.world.SCENARIOS``).
-        cameras: number of cameras in the fleet.
+        cameras: number of cameras in the fleet (with ``sources``, their number).
         duration: stream seconds each camera plays.
         seed: seeds the streams, the models and every job.
         strategies: strategies to run, each on the same streams. A name may
@@ -180,12 +254,12 @@ class SimConfig:
         borrow_window: how old a borrowed sample may be (seconds).
         retrain_lr: Adam learning rate of every retraining job (and Ekya's
             profiling runs).
-        student: student architecture.
-        teacher: teacher architecture.
-        teacher_checkpoint: a checkpoint to use instead of the cached teacher.
+        student: the cameras' model (a :class:`ModelSpec`; a name is its ``arch``).
+        teacher: the server's labeller (a :class:`TeacherSpec`; a name is its ``arch``).
         warmup: seconds of each camera's past its initial student is trained on.
-        source: a video file every camera reads instead of the synthetic world.
-        source_labels: optional CSV (frame,label) with ground truth for ``source``.
+        sources: what each camera plays, one :class:`SourceSpec` per camera
+            (a name is its ``path``): video files, directories of frames or
+            ``synthetic``; empty: every camera plays the synthetic world.
         world: the synthetic world's properties.
         costs: the virtual clock's cost model.
         edgesync: the ``edgesync`` strategy's hyperparameters.
@@ -207,12 +281,10 @@ class SimConfig:
     borrow: int = 0
     borrow_window: float = 120.0
     retrain_lr: float = 1e-3
-    student: str = "mobilenet_v3_small"
-    teacher: str = "resnet18"
-    teacher_checkpoint: str | None = None
+    student: ModelSpec = field(default_factory=ModelSpec)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
     warmup: float = 400.0
-    source: str | None = None
-    source_labels: str | None = None
+    sources: tuple[SourceSpec, ...] = ()
     world: WorldConfig = field(default_factory=WorldConfig)
     costs: CostModel = field(default_factory=CostModel)
     edgesync: EdgeSyncParams = field(default_factory=EdgeSyncParams)
@@ -234,10 +306,45 @@ class SimConfig:
             raise ConfigError(f"duration ({self.duration}) must be at least one window ({self.window})")
         if not self.strategies:
             raise ConfigError("no strategy to run")
+        if self.sources and len(self.sources) != self.cameras:
+            raise ConfigError(f"cameras ({self.cameras}) differs from the {len(self.sources)} sources: "
+                              f"the sources list sets the fleet's size")
+        if self.synthetic_cameras:
+            if len(self.classes) != self.world.num_classes:
+                raise ConfigError(f"teacher.classes names {len(self.classes)} classes, the synthetic "
+                                  f"world has {self.world.num_classes} (world.num_classes)")
+            if self.frame_size != self.world.size:
+                raise ConfigError(f"synthetic cameras render {self.world.size} px frames (world.size); "
+                                  f"the models' input_size ({self.frame_size}) must match it")
+        if self.distill == "genkd" and self.teacher.class_map is not None:
+            raise ConfigError("distill: genkd reads the teacher's own feature maps; it does not work "
+                              "with teacher.class_map")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The task's class names."""
+        return self.teacher.classes or SHAPE_NAMES[:self.world.num_classes]
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the student predicts."""
+        return len(self.classes)
+
+    @property
+    def frame_size(self) -> int:
+        """Side of the frames cameras read from recordings: what the larger model takes."""
+        return max(self.teacher.input_size or self.world.size, self.student.input_size or self.world.size)
+
+    @property
+    def synthetic_cameras(self) -> list[int]:
+        """The cameras that play the synthetic world."""
+        return [i for i in range(self.cameras) if not self.sources or self.sources[i].synthetic]
 
 
 _NESTED = {"world": WorldConfig, "costs": CostModel, "edgesync": EdgeSyncParams, "refit": RefitParams,
-           "changepoint": ChangePointParams}
+           "changepoint": ChangePointParams, "student": ModelSpec, "teacher": TeacherSpec}
+_SHORTHAND = {"student": "arch", "teacher": "arch"}
+"""Nested fields a plain string may stand for: the field it sets."""
 
 
 def config_from_dict(values: dict[str, Any], base: SimConfig | None = None) -> SimConfig:
@@ -248,15 +355,22 @@ def config_from_dict(values: dict[str, Any], base: SimConfig | None = None) -> S
     known = {f.name for f in dataclasses.fields(SimConfig)}
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        raise ConfigError("unknown config field(s): " + ", ".join(
+            f"{k} (now {_RENAMED[k]})" if k in _RENAMED else k for k in sorted(map(str, unknown))))
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         if name in _NESTED:
+            if name in _SHORTHAND and isinstance(value, str):
+                value = {_SHORTHAND[name]: value}
             kwargs[name] = _nested(name, _NESTED[name], getattr(base, name), value)
         elif name == "strategies":
             kwargs[name] = tuple([value] if isinstance(value, str) else value)
+        elif name == "sources":
+            kwargs[name] = _sources(value)
         else:
             kwargs[name] = value
+    if kwargs.get("sources") and "cameras" not in values:
+        kwargs["cameras"] = len(kwargs["sources"])
     try:
         return dataclasses.replace(base, **kwargs)
     except (TypeError, ValueError) as e:
@@ -264,8 +378,30 @@ def config_from_dict(values: dict[str, Any], base: SimConfig | None = None) -> S
 
 
 _RENAMED = {"edgesync.bn_layers": "refit.layers", "edgesync.bn_window": "refit.window",
-            "edgesync.bn_max_window": "refit.max_window", "costs.infer_s_per_frame": None}
+            "edgesync.bn_max_window": "refit.max_window", "costs.infer_s_per_frame": None,
+            "source": "sources", "source_labels": "sources[].labels", "teacher_checkpoint": "teacher.weights"}
 """Fields of older configs: where they went (``None``: removed, never read)."""
+
+
+def _sources(value: Any) -> tuple[SourceSpec, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError("sources must be a list, one entry per camera (a path or a mapping)")
+    out = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"sources[{i}] must be a path or a mapping, got {entry!r}")
+        unknown = set(entry) - {f.name for f in dataclasses.fields(SourceSpec)}
+        if unknown:
+            raise ConfigError(f"unknown field(s) in sources[{i}]: {', '.join(sorted(map(str, unknown)))}")
+        try:
+            out.append(SourceSpec(**entry))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"sources[{i}]: {e}") from None
+    return tuple(out)
+
+
 
 
 def _nested(name: str, cls: type, base: Any, value: Any) -> Any:
@@ -280,14 +416,26 @@ def _nested(name: str, cls: type, base: Any, value: Any) -> Any:
             new = _RENAMED[f"{name}.{k}"]
             return f"{k} (now {new})" if new else f"{k} (removed: it was never used)"
         raise ConfigError(f"unknown field(s) in {name!r}: {', '.join(why(k) for k in sorted(unknown))}")
+    value = dict(value)
     for k, v in value.items():
         expected = type(getattr(base, k))
         if expected in (int, float) and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
             raise ConfigError(f"{name}.{k} must be a number, got {v!r}")
+        if isinstance(v, list):   # YAML lists; frozen configs hold tuples
+            value[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
     try:
         return dataclasses.replace(base, **value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name}: {e}") from None
+
+
+def describe_sources(cfg: SimConfig) -> str:
+    """The scenario, or what the cameras' recordings are (for titles)."""
+    recorded = [os.path.basename(s.path) for s in cfg.sources if not s.synthetic]
+    if not recorded:
+        return cfg.scenario
+    names = ", ".join(dict.fromkeys(recorded))
+    return names if len(names) < 60 else f"{len(recorded)} recordings"
 
 
 def load_config(path: str, base: SimConfig | None = None) -> SimConfig:
@@ -306,4 +454,13 @@ def config_to_dict(cfg: SimConfig) -> dict[str, Any]:
     """Plain values (for YAML and Parquet metadata) that :func:`config_from_dict` reads back."""
     d = dataclasses.asdict(cfg)
     d["strategies"] = list(cfg.strategies)
-    return d
+    return _plain(d)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that YAML writes plain lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -5,6 +5,7 @@ atomically after every window, so a crash loses at most the current window.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -22,10 +23,13 @@ SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "
 class ResultSink:
     """Accumulates frame and job rows of ``strategies`` (from any thread);
     ``flush()`` writes them to ``out_dir``, strategy by strategy in the given
-    order whatever order they arrived in."""
+    order whatever order they arrived in. With ``classes`` (the task's
+    class names) the frames file also has ``label_name`` and ``pred_name``,
+    and every file carries the names in its Parquet metadata
+    (``driftlab.classes``, a JSON list)."""
 
-    def __init__(self, out_dir: str | None, strategies: list[str]):
-        self.out_dir = out_dir
+    def __init__(self, out_dir: str | None, strategies: list[str], classes: tuple[str, ...] | None = None):
+        self.out_dir, self.classes = out_dir, classes
         self._frames: dict[str, list[pd.DataFrame]] = {s: [] for s in strategies}
         self._jobs: dict[str, list[dict]] = {s: [] for s in strategies}
         self._lock = threading.RLock()
@@ -68,17 +72,29 @@ class ResultSink:
             for s, parts in self._frames.items():
                 if len(parts) > 1:
                     self._frames[s] = [pd.concat(parts, ignore_index=True)]
-            write_parquet(self.frames(), os.path.join(self.out_dir, "frames.parquet"))
-            write_parquet(self.jobs(), os.path.join(self.out_dir, "jobs.parquet"))
+            frames = self.frames()
+            if self.classes:
+                for col in ("label", "pred"):
+                    frames[f"{col}_name"] = pd.Categorical.from_codes(frames[col].astype(int), self.classes)
+            write_parquet(frames, os.path.join(self.out_dir, "frames.parquet"), self.classes)
+            write_parquet(self.jobs(), os.path.join(self.out_dir, "jobs.parquet"), self.classes)
 
     def summary(self, strategies: list[str]) -> pd.DataFrame:
         return summarize(self.frames(), self.jobs(), strategies, self.uploads, self.label_gpu_s)
 
 
-def write_parquet(df: pd.DataFrame, path: str) -> None:
-    """Write ``df`` to ``path`` atomically (a crash leaves the old file whole)."""
+def write_parquet(df: pd.DataFrame, path: str, classes: tuple[str, ...] | None = None) -> None:
+    """Write ``df`` to ``path`` atomically (a crash leaves the old file
+    whole), with the task's ``classes`` in its metadata (``driftlab.classes``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if classes:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               b"driftlab.classes": json.dumps(list(classes)).encode()})
     tmp = f"{path}.tmp"
-    df.to_parquet(tmp, index=False)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
@@ -177,7 +193,8 @@ def format_seed_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(frames: pd.DataFrame, path: str, bin_s: float = 20.0, title: str = "") -> None:
+def plot_accuracy(frames: pd.DataFrame, path: str, bin_s: float = 20.0, title: str = "",
+                  classes: tuple[str, ...] | None = None) -> None:
     """Accuracy over stream time (all cameras), one line per strategy; periods
     when most cameras are drifted are shaded."""
     import matplotlib
@@ -200,6 +217,9 @@ def plot_accuracy(frames: pd.DataFrame, path: str, bin_s: float = 20.0, title: s
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title or "accuracy over time (shaded: share of cameras under drift)")
+    if classes:
+        fig.text(0.99, 0.01, "classes: " + ", ".join(classes), ha="right", va="bottom", fontsize=7,
+                 color="tab:gray")
     ax.legend(loc="lower left", ncol=5, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

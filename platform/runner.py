@@ -7,69 +7,105 @@ and streams the results into a :class:`ResultSink`. The Ray runner
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
 
-from .config import SimConfig, config_to_dict
-from .metrics import ResultSink, plot_accuracy
-from .models import default_device, predict
+from .config import SimConfig, config_to_dict, describe_sources
+from .metrics import ResultSink, plot_accuracy, write_parquet
+from .models import default_device, load_teacher_weights, predict
 from .sim import Fleet, Simulation, inline_simulation
 from .strategies import parse_strategies
-from .world import CameraStream, VideoFileSource, get_scenario
-from .zoo import (StudentJob, TrainStudents, initial_students, load_teacher, load_teacher_genkd,
-                  teacher_checkpoint, teacher_genkd_checkpoint, train_students_here)
+from .world import CameraStream, FrameSource, get_scenario
+from .world.recorded import RecordedSource, SourceSpec, open_recording
+from .zoo import (StudentJob, TrainStudents, given_student, initial_students, load_teacher_genkd,
+                  teacher_genkd_checkpoint, train_students_here, with_teacher_weights)
 
-__all__ = ["build_fleet", "run_inline", "run_strategies", "set_determinism"]
+__all__ = ["build_sources", "label_recordings", "build_fleet", "run_inline", "run_strategies", "set_determinism"]
 
 
 def set_determinism(threads: int | None = None) -> None:
-    """Fix torch's thread count so float results repeat run to run."""
+    """Fix torch's thread count so float results repeat run to run (and
+    equal in every process of a run: a sum split over another number of
+    threads rounds differently)."""
     torch.set_num_threads(threads or min(2, os.cpu_count() or 1))
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def build_sources(cfg: SimConfig) -> list[FrameSource]:
+    """What each camera plays (``cfg.sources``, else the synthetic world);
+    recordings are opened here, so a bad file fails before any model is trained."""
+    scenario = get_scenario(cfg.scenario)
+    out: list[FrameSource] = []
+    for i, spec in enumerate(cfg.sources or [SourceSpec()] * cfg.cameras):
+        out.append(CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration) if spec.synthetic
+                   else open_recording(spec, i, cfg.world.fps, cfg.frame_size, cfg.duration, cfg.classes))
+    return out
+
+
+def label_recordings(sources: list[FrameSource], teacher: torch.nn.Module, device,
+                     log: Callable[[str], None] = print, chunk: int = 256) -> None:
+    """Where a recording's labels CSV is silent (or absent), the teacher's
+    labels stand in for ground truth, as Ekya and AMS score on real video:
+    every frame the run plays, and its past, is decoded once and labelled."""
+    todo = [s for s in sources if isinstance(s, RecordedSource) and (s.labels < 0).any()]
+    total = sum(len(s.labels) for s in todo)
+    started = shown = time.time()
+    done = 0
+    for src in todo:
+        labels = np.full(len(src.labels), -1, np.int64)
+        for a in range(-src.past_frames, src.num_frames, chunk):
+            batch = src.frames(a, min(a + chunk, src.num_frames))
+            labels[a + src.past_frames:a + src.past_frames + len(batch)] = predict(teacher, batch.images,
+                                                                                  device=device)[0]
+            done += len(batch)
+            if time.time() - shown > 10:
+                shown = time.time()
+                log(f"  teacher labels for recordings: {done}/{total} frames, {shown - started:.0f} s")
+        src.set_unknown_labels(labels)
+
+
 def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print,
                 train_students: TrainStudents = train_students_here) -> Fleet:
-    """The sources, the teacher and each camera's initial student (trained by
-    ``train_students`` where not cached) a run's strategies all start from."""
+    """The sources, the teacher and each camera's initial student (given, or
+    trained by ``train_students`` where not cached) a run's strategies all start from."""
     device = default_device()
-    past = int(round(cfg.warmup * cfg.world.fps))
-    if cfg.source:
-        # Every camera plays the same file (one decode, shared read-only).
-        # Opened first: a bad file fails before any model is trained.
-        sources = [VideoFileSource(cfg.source, cfg.world.size, cfg.source_labels)] * cfg.cameras
-        keys = [(os.path.abspath(cfg.source), os.path.getmtime(cfg.source), cfg.source_labels)] * cfg.cameras
-        past = min(past, max(8, sources[0].num_frames // 5))
+    sources = build_sources(cfg)
+    if any(isinstance(s, RecordedSource) for s in sources) and cfg.teacher.weights is None:
+        log("warning: recordings labelled by the synthetic world's teacher (teacher.weights not set): "
+            "its labels are shapes, not your classes")
+    teacher_spec = with_teacher_weights(cfg.world, cfg.teacher, device, log)
+    teacher = load_teacher_weights(teacher_spec, cfg.num_classes).to(device)
+    label_recordings(sources, teacher, device, log)
+    if cfg.student.weights is not None:
+        students = [given_student(cfg.student, cfg.num_classes, device)] * len(sources)
     else:
-        scenario = get_scenario(cfg.scenario)
-        sources = [CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration)
-                   for i in range(cfg.cameras)]
-        # A camera's past holds its scenario's first condition whatever the
-        # fleet's size (the scenario is held constant before t=0).
-        keys = [(str(cfg.world), cfg.scenario, cfg.seed, i) for i in range(cfg.cameras)]
-    teacher = load_teacher(cfg.world, cfg.teacher, cfg.teacher_checkpoint, device, log)
-    jobs = [StudentJob(src, cfg.student, cfg.world.num_classes, past,
-                       teacher=teacher.cpu() if cfg.source else None) for src in sources]
-    students = initial_students(jobs, keys, train_students, device, log)
-    teacher.to(device)
-    truth = []
-    for src in sources:
-        labels = src.frames(0, src.num_frames).labels if cfg.source else None
-        if labels is not None and (labels < 0).any():
-            # No ground truth for these frames: the teacher's labels stand in.
-            labels = labels.copy()
-            labels[labels < 0] = predict(teacher, src.images[labels < 0], device=device)[0]
-        truth.append(labels)
-    fleet = Fleet(sources, students, teacher, device, truth)
+        past = int(round(cfg.warmup * cfg.world.fps))
+        jobs, keys = [], []
+        for i, src in enumerate(sources):
+            if isinstance(src, RecordedSource):
+                # A recording that starts at its first frame has no past: its
+                # student learns from its first fifth (at most ``warmup``).
+                n = past if src.past_frames else min(past, max(8, src.num_frames // 5))
+                job = StudentJob(src, cfg.student, cfg.num_classes, n)
+                keys.append((*src.key, hashlib.sha256(job.past().labels.tobytes()).hexdigest()[:16]))
+            else:
+                # A camera's past holds its scenario's first condition whatever the
+                # fleet's size (the scenario is held constant before t=0).
+                job = StudentJob(src, cfg.student, cfg.num_classes, past)
+                keys.append((str(cfg.world), cfg.scenario, cfg.seed, i))
+            jobs.append(job)
+        students = initial_students(jobs, keys, train_students, device, log)
+    fleet = Fleet(sources, students, teacher, teacher_spec, device)
     if cfg.distill == "genkd":   # the teacher's seed 2 head and CVAE
-        checkpoint = teacher_checkpoint(cfg.world, cfg.teacher, cfg.teacher_checkpoint, log=log)
-        fleet.genkd_checkpoint = teacher_genkd_checkpoint(cfg.world, teacher, checkpoint, device, log)
+        fleet.genkd_checkpoint = teacher_genkd_checkpoint(cfg.world, teacher, teacher_spec.weights, device, log)
         fleet.teacher_head, fleet.teacher_cvae = load_teacher_genkd(fleet.genkd_checkpoint, device)
     return fleet
 
@@ -94,7 +130,7 @@ def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None =
     are the same whatever ``at_once`` is. ``after_tick(strategy, tick)`` runs
     after each tick (tests inject faults there)."""
     names = [sim.strategy.name for sim in sims]
-    sink = ResultSink(out_dir, names)
+    sink = ResultSink(out_dir, names, cfg.classes)
     if out_dir:
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
@@ -128,10 +164,10 @@ def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None =
                 done.result()
     summary = sink.summary(names)
     if out_dir:
-        summary.to_parquet(os.path.join(out_dir, "summary.parquet"), index=False)
+        write_parquet(summary, os.path.join(out_dir, "summary.parquet"), cfg.classes)
         plot_accuracy(sink.frames(), os.path.join(out_dir, "accuracy.png"),
-                      title=f"{cfg.scenario if not cfg.source else os.path.basename(cfg.source)}: "
-                            f"{cfg.cameras} cameras, seed {cfg.seed}")
+                      title=f"{describe_sources(cfg)}: {cfg.cameras} cameras, seed {cfg.seed}",
+                      classes=cfg.classes)
     return summary
 
 

@@ -26,7 +26,7 @@ from .strategies.base import train_spec
 from .training import FitPlugin, FitResult, TrainSpec, fit, top_gradient_mask
 
 if TYPE_CHECKING:
-    from .config import SimConfig
+    from .config import ModelSpec, SimConfig
 
 __all__ = ["Server", "JobInputs", "JobRecord", "Deployment", "Executor", "run_job", "serve_jobs"]
 
@@ -51,7 +51,7 @@ class JobInputs:
     another process (a Ray Train worker) as well as in this one.
 
     Attributes:
-        arch, num_classes: the student's architecture.
+        arch, num_classes: the student (a ModelSpec or architecture name) and its classes.
         state: its starting weights.
         images, labels: uint8 (N, H, W, 3) frames and int labels (N,).
         weights: per-sample loss weights (N,) or ``None``.
@@ -61,7 +61,7 @@ class JobInputs:
         plugins: the job plugins' parts inside :func:`~driftlab.platform.training.fit`.
     """
 
-    arch: str
+    arch: ModelSpec | str
     num_classes: int
     state: dict
     images: np.ndarray
@@ -169,7 +169,7 @@ class Server:
         weights = None if job.tau is None else np.exp(-(r.cutoff - s.times) / job.tau)
         state = {k: v.detach().cpu() for k, v in self.models[r.camera].state_dict().items()}
         fit_plugins = [fp for p in self.plugins if (fp := p.fit_plugin(r.camera, s)) is not None]
-        return JobInputs(self.cfg.student, self.cfg.world.num_classes, state, s.images, s.labels,
+        return JobInputs(self.cfg.student, self.cfg.num_classes, state, s.images, s.labels,
                          weights, job.spec, job.update_fraction,
                          teacher_logits=s.logits if job.spec.kd_weight > 0 else None, plugins=fit_plugins)
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Iterator, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from .camera import CameraGroup, FrameLog, Upload, build_camera
-from .config import SimConfig
+from .config import SimConfig, TeacherSpec
 from .distill.frames import FrameHead
 from .models import clone
 from .plugins import job_plugins
@@ -42,24 +41,18 @@ __all__ = ["Fleet", "Cameras", "Manager", "InlineCameras", "FleetManager", "Simu
 class Fleet:
     """Everything a strategy run starts from, shared by every strategy so all
     see the same streams: one source and initial student per camera, and the
-    teacher (with seed 2's head and CVAE weights when the fleet distils with
-    genkd: ``genkd_checkpoint`` is their file, which the Serve teacher loads)."""
+    teacher (``teacher_spec`` says what it is and where its weights are, for
+    the Serve teacher; with genkd distillation also seed 2's head and CVAE
+    weights, ``genkd_checkpoint`` their file)."""
 
     sources: list[FrameSource]
     students: list[nn.Module]
     teacher: nn.Module
+    teacher_spec: TeacherSpec
     device: torch.device | str = "cpu"
-    ground_truth: list[np.ndarray | None] = field(default_factory=list)
     teacher_head: FrameHead | None = None
     teacher_cvae: dict | None = None
     genkd_checkpoint: str | None = None
-
-    def true_labels(self, log: FrameLog) -> None:
-        """Replace a log's labels by the fleet's ground truth, where it has one
-        (a video file's labels CSV, or the teacher's labels standing in)."""
-        gt = self.ground_truth[log.camera] if self.ground_truth else None
-        if gt is not None:
-            log.labels = gt[np.round(log.times * self.sources[log.camera].fps).astype(int)]
 
 
 class Cameras(Protocol):
@@ -95,8 +88,9 @@ class Manager(Protocol):
 
 
 def num_ticks(cfg: SimConfig, sources: list[FrameSource]) -> tuple[int, float]:
-    """Ticks to play, and the stream seconds they cover (the shortest source bounds it)."""
-    duration = min(cfg.duration, min(s.num_frames / s.fps for s in sources))
+    """Ticks to play, and the stream seconds they cover: until the longest
+    source ends (a camera whose recording ended plays no more frames)."""
+    duration = min(cfg.duration, max(s.num_frames / s.fps for s in sources))
     return int(math.ceil(duration / cfg.tick - 1e-9)), duration
 
 
@@ -118,8 +112,6 @@ class Simulation:
             deployments = manager.serve(t1) if strategy.adapts else []
             cameras.deploy(deployments)
             logs = cameras.foreach("run", t1)
-            for log in logs:
-                self.fleet.true_labels(log)
             if strategy.adapts:
                 manager.submit(t1, cameras.foreach("upload", t1, k, fetch=False))
             yield t1, logs, [d.record for d in deployments]

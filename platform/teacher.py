@@ -28,7 +28,7 @@ def teach(teacher: nn.Module, images: np.ndarray, head: FrameHead | None = None,
     head.eval()
     parts = []
     for i in range(0, len(images), batch_size):
-        late, z = late_map(teacher, to_tensor(images[i:i + batch_size], device))
+        late, z = late_map(teacher, to_tensor(images[i:i + batch_size], device, teacher))
         parts.append((z.float().cpu().numpy(), head(late).attention[..., 0].float().cpu().numpy()))
     if not parts:
         return {"logits": logits(teacher, images),

@@ -165,7 +165,7 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
              device: torch.device | str = "cpu") -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` on labelled frames."""
     model.eval()
-    x, y = to_tensor(images, device), torch.as_tensor(labels, device=device)
+    x, y = to_tensor(images, device, model), torch.as_tensor(labels, device=device)
     logits = model(x)
     loss = nn.functional.cross_entropy(logits, y).item()
     return float((logits.argmax(1) == y).float().mean().item()), loss
@@ -204,7 +204,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: TrainSpe
 
     model.to(device)
     params = head_parameters(model) if spec.layers == "head" else list(model.parameters())
-    x_all = to_tensor(images[train_idx], device)
+    x_all = to_tensor(images[train_idx], device, model)
     y_all = torch.as_tensor(labels[train_idx], device=device)
     w_all = torch.as_tensor(weights[train_idx], device=device)
     w_all = w_all / w_all.mean()
@@ -286,7 +286,7 @@ def top_gradient_mask(model: nn.Module, images: np.ndarray, labels: np.ndarray,
     toward these samples, as the job that follows would move them anyway."""
     model.to(device).train()
     model.zero_grad(set_to_none=True)
-    x, y = to_tensor(images, device), torch.as_tensor(labels, device=device)
+    x, y = to_tensor(images, device, model), torch.as_tensor(labels, device=device)
     nn.functional.cross_entropy(model(x), y).backward()
     named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
     flat = torch.cat([p.grad.abs().flatten() for _, p in named])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -19,15 +19,16 @@ import torch
 from torch import nn
 
 from .cache import cache_path
+from .config import ModelSpec, TeacherSpec
 from .distill.frames import GENKD_DIM, FrameHead, train_teacher_head
 from .distill.training import DistillConfig
-from .models import build_student, build_teacher, default_device, predict, to_tensor
+from .models import build_student, build_teacher, default_device, load_teacher_weights, load_weights, to_tensor
 from .training import FIT_VERSION, Progress, TrainSpec, evaluate, fit
 from .world import CONDITIONS, FrameSource, WorldConfig, render_condition_set
 
-__all__ = ["TeacherRecipe", "load_teacher", "train_teacher", "teacher_report",
-           "StudentJob", "TrainStudents", "initial_students", "train_students_here", "teacher_checkpoint", "teacher_genkd_checkpoint", "load_teacher_genkd",
-           "load_checkpoint", "TEACHER_SEED", "HELDOUT_SEED"]
+__all__ = ["TeacherRecipe", "load_teacher", "train_teacher", "teacher_report", "StudentJob", "TrainStudents",
+           "initial_students", "train_students_here", "given_student", "with_teacher_weights", "teacher_genkd_checkpoint",
+           "load_teacher_genkd", "TEACHER_SEED", "HELDOUT_SEED"]
 
 TEACHER_SEED = 10_000   # cameras the teacher is trained on
 HELDOUT_SEED = 20_000   # cameras its held-out accuracy is measured on
@@ -50,11 +51,12 @@ class TeacherRecipe:
     epochs: int = 5
 
 
-def train_teacher(world: WorldConfig, recipe: TeacherRecipe, device="cpu", log=print) -> nn.Module:
-    """Train a teacher on every named condition of the world."""
+def train_teacher(world: WorldConfig, recipe: TeacherRecipe, device="cpu", log=print,
+                  spec: TeacherSpec | None = None) -> nn.Module:
+    """Train a teacher on every named condition of the world (taking the input ``spec`` gives)."""
     data = render_condition_set(world, list(CONDITIONS), recipe.per_condition, TEACHER_SEED,
                                 cameras=recipe.cameras)
-    model = build_teacher(recipe.arch, world.num_classes, seed=0)
+    model = build_teacher(replace(spec or TeacherSpec(), arch=recipe.arch), world.num_classes, seed=0)
     log(f"training teacher {recipe.arch} on {len(data)} frames x {recipe.epochs} epochs (cached for later runs) ...")
     fit(model, data.images, data.labels, TrainSpec(epochs=recipe.epochs, batch_size=32), device=device,
         plugins=[Progress("  teacher", recipe.epochs, log)])
@@ -73,38 +75,32 @@ def teacher_report(model: nn.Module, world: WorldConfig, per_condition: int = 60
             for k, name in enumerate(names)}
 
 
-def teacher_checkpoint(world: WorldConfig, arch: str = "resnet18", checkpoint: str | None = None,
-                       device="cpu", log=print) -> str:
-    """Path of the teacher's weights: ``checkpoint`` if given, else the cached
-    one (trained on first use)."""
-    if checkpoint is not None:
-        return checkpoint
-    recipe = TeacherRecipe(arch=arch)
-    path = cache_path(f"teacher-{arch}", asdict(world), asdict(recipe), CONDITIONS, FIT_VERSION)
+def with_teacher_weights(world: WorldConfig, spec: TeacherSpec | str = "resnet18", device="cpu",
+                         log=print) -> TeacherSpec:
+    """``spec`` with its ``weights``: as given, else the cached teacher
+    trained on every condition of the world (trained on first use)."""
+    spec = TeacherSpec(spec) if isinstance(spec, str) else spec
+    if spec.weights is not None:
+        return spec
+    recipe = TeacherRecipe(arch=spec.arch)
+    own_input = [] if (spec.input_size, spec.mean, spec.std) == (None, *_DEFAULT_NORM) else \
+        [spec.input_size, spec.mean, spec.std]
+    path = cache_path(f"teacher-{spec.arch}", asdict(world), asdict(recipe), CONDITIONS, FIT_VERSION, *own_input)
     if not os.path.exists(path):
-        _save(train_teacher(world, recipe, device, log), path)
+        _save(train_teacher(world, recipe, device, log, spec), path)
         log(f"cached teacher at {path}")
-    return path
+    return replace(spec, weights=path)
 
 
-def load_teacher(world: WorldConfig, arch: str = "resnet18", checkpoint: str | None = None,
+_DEFAULT_NORM = (ModelSpec().mean, ModelSpec().std)
+
+
+def load_teacher(world: WorldConfig, spec: TeacherSpec | str = "resnet18", num_classes: int | None = None,
                  device="cpu", log=print) -> nn.Module:
-    """The teacher: from ``checkpoint`` if given, else cached (trained on first use)."""
-    model = build_teacher(arch, world.num_classes)
-    load_checkpoint(model, teacher_checkpoint(world, arch, checkpoint, device, log))
-    return model.to(device).eval()
-
-
-def load_checkpoint(model: nn.Module, path: str) -> None:
-    """Load a ``state_dict`` file; a missing or mismatched one is one clear error."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as e:  # torch raises many types for a bad file
-        raise ValueError(f"teacher checkpoint {path} does not fit a "
-                         f"{type(model).__name__}: {str(e).splitlines()[0]}") from None
+    """The teacher of ``spec`` (its weights, else the cached one, trained on
+    first use), scoring ``num_classes`` task classes (default: the world's)."""
+    spec = with_teacher_weights(world, spec, device, log)
+    return load_teacher_weights(spec, num_classes or world.num_classes).to(device).eval()
 
 
 def _save(model: nn.Module, path: str) -> None:
@@ -132,7 +128,7 @@ def teacher_genkd_checkpoint(world: WorldConfig, teacher: nn.Module, teacher_pat
     data = render_condition_set(world, list(CONDITIONS), frames.per_condition, TEACHER_SEED,
                                 cameras=frames.cameras)
     log(f"training seed 2's head and CVAE on the frozen teacher ({len(data)} frames) ...")
-    head, cvae = train_teacher_head(teacher.to(device), to_tensor(data.images, device), data.labels, recipe,
+    head, cvae = train_teacher_head(teacher.to(device), to_tensor(data.images, device, teacher), data.labels, recipe,
                                     log=lambda _msg: None)
     tmp = f"{path}.tmp-{os.getpid()}"
     torch.save({"head": head.state_dict(), "cvae": cvae.state_dict(),
@@ -157,29 +153,34 @@ class StudentJob:
     labelled by ``teacher``); self-contained, so it runs here or in a Ray task."""
 
     source: FrameSource
-    arch: str
+    arch: ModelSpec | str
     num_classes: int
     past_frames: int
     epochs: int = 6
-    teacher: nn.Module | None = None
+
+    def past(self):
+        """The frames it trains on: the camera's past before t=0, else (a
+        recording that starts at its first frame) its first frames."""
+        src = self.source
+        before = getattr(src, "past_frames", self.past_frames)
+        return src.frames(-min(self.past_frames, before), 0) if before else src.frames(0, self.past_frames)
 
     def run(self, device="cpu") -> dict:
         """The trained student's weights (on CPU)."""
         model = build_student(self.arch, self.num_classes, seed=0)
-        src = self.source
-        past = src.frames(-self.past_frames, 0) if _has_past(src) else src.frames(0, self.past_frames)
-        labels = past.labels.copy()
-        if (labels < 0).any():
-            if self.teacher is None:
-                raise ValueError("unlabelled frames need a teacher to label them")
-            labels[labels < 0] = predict(self.teacher.to(device), past.images[labels < 0])[0]
-        fit(model, past.images, labels, TrainSpec(epochs=self.epochs, batch_size=32), device=device)
+        past = self.past()
+        if (past.labels < 0).any():
+            raise ValueError("a student's past frames need labels (the teacher's, where no CSV gives them)")
+        fit(model, past.images, past.labels, TrainSpec(epochs=self.epochs, batch_size=32), device=device)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def cache_path(self, key: tuple) -> str:
         """Its cache file; ``key`` identifies the camera's stream."""
-        return cache_path(f"student-{self.arch}", key, self.past_frames, self.epochs, self.num_classes,
-                          CONDITIONS, FIT_VERSION)
+        spec = ModelSpec(self.arch) if isinstance(self.arch, str) else self.arch
+        own_input = [] if (spec.input_size, spec.mean, spec.std) == (None, *_DEFAULT_NORM) else \
+            [spec.input_size, spec.mean, spec.std]
+        return cache_path(f"student-{spec.arch}", key, self.past_frames, self.epochs, self.num_classes,
+                          CONDITIONS, FIT_VERSION, *own_input)
 
 
 TrainStudents = Callable[[list[StudentJob], Callable[[str], None]], Iterator[tuple[int, dict]]]
@@ -215,6 +216,8 @@ def initial_students(jobs: list[StudentJob], keys: list[tuple], train: TrainStud
     return students
 
 
-def _has_past(source: FrameSource) -> bool:
-    """Synthetic streams can render before t=0; a video file starts at frame 0."""
-    return not hasattr(source, "path")
+def given_student(spec: ModelSpec, num_classes: int, device="cpu") -> nn.Module:
+    """The student ``spec.weights`` holds (every camera starts from it)."""
+    model = build_student(spec, num_classes, seed=0)
+    load_weights(model, spec.weights, "student")
+    return model.to(device).eval()

@@ -8,7 +8,7 @@ import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from driftlab.platform.config import SimConfig, config_from_dict  # noqa: E402
+from driftlab.platform.config import SimConfig, TeacherSpec, config_from_dict  # noqa: E402
 from driftlab.platform.world import WorldConfig  # noqa: E402
 from driftlab.platform.zoo import TeacherRecipe, train_teacher  # noqa: E402
 
@@ -44,7 +44,7 @@ def tiny_cfg(teacher_ckpt):
     """A run of every strategy that takes seconds."""
     def make(**overrides) -> SimConfig:
         base = SimConfig(world=SMALL_WORLD, cameras=2, duration=120.0, window=40.0, tick=10.0,
-                         warmup=40.0, teacher_checkpoint=teacher_ckpt, fixed_epochs=2,
+                         warmup=40.0, teacher=TeacherSpec(weights=teacher_ckpt), fixed_epochs=2,
                          scenario="day_night")
         return config_from_dict(overrides, base)
     return make

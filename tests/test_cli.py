@@ -27,7 +27,7 @@ def run(*args, **kw):
     (["--strategies", "ams+bn"], "unknown camera component 'bn'"),
     (["--duration", "-5"], "duration must be a positive number"),
     (["--config", "/nonexistent/cfg.yaml"], "config file not found"),
-    (["--source", "/nonexistent/video.mp4"], "video file not found: /nonexistent/video.mp4"),
+    (["--source", "/nonexistent/video.mp4"], "camera 0: /nonexistent/video.mp4: not found"),
 ])
 def test_bad_input_is_one_clear_message(args, message):
     out = run(*args, "--no-progress")
@@ -65,7 +65,7 @@ def test_malformed_config_file(tmp_path):
 def test_gpus_asked_of_a_machine_without_them():
     out = run("--gpus-per-camera", "0.5", "--cameras", "2", "--no-progress")
     assert out.returncode == 2
-    # The default comparison's five strategies run at once, each its own fleet.
+    # The default comparison's five strategies at once, each its own fleet.
     assert "needs 5 GPUs but the Ray cluster has 0: 5 strategies at once" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
 
@@ -107,3 +107,22 @@ def test_several_seeds_run_each_and_report_mean_and_std(tiny_cfg, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no summary.parquet" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_calibrate_writes_costs_drift_sim_reads(tmp_path):
+    cfg_file = tmp_path / "mine.yaml"
+    cfg_file.write_text("student: {arch: shufflenet_v2_x0_5}\nworld: {size: 32}\nduration: 60\n")
+    out = tmp_path / "calibrated.yaml"
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "calibrate.py"), "--config", str(cfg_file),
+                        "--out", str(out), "--frames", "4", "--repeats", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    costs = yaml.safe_load(out.read_text())["costs"]
+    assert costs["label_s_per_frame"] > 0 and costs["train_s_per_sample_epoch"] > 0
+    assert "shufflenet_v2_x0_5 student" in r.stdout and "ms per frame" in r.stdout
+    from driftlab.platform.config import load_config
+    cfg = load_config(str(out))   # what drift_sim.py --config reads
+    assert cfg.costs.label_s_per_frame == costs["label_s_per_frame"] and cfg.student.arch == "shufflenet_v2_x0_5"
+    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "calibrate.py"), "--config",
+                          str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: config file not found")

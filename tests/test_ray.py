@@ -18,18 +18,21 @@ import ray
 import torch
 from ray import serve
 
-from driftlab.actors.runner import NAMESPACE, RayOptions, ResourceError, plan_resources, run_on_ray
+from driftlab.actors.runner import NAMESPACE, WORKER_ENV, RayOptions, ResourceError, plan_resources, run_on_ray
 from driftlab.actors.trainer import TrainPool
 from driftlab.platform.distill import (ClipConfig, DistillConfig, DistillJob, make_clips,
                                        teacher_targets, train_teacher)
 from driftlab.deployments.teacher import ROUTE, TeacherOptions, deploy_teacher, teacher_app
+from driftlab.platform.config import TeacherSpec
 from driftlab.platform.models import build_student, build_teacher, predict
 from driftlab.platform.runner import run_inline
 from driftlab.platform.server import JobInputs
 from driftlab.platform.strategies import STRATEGIES
+from driftlab.platform.world import open_recording
 from driftlab.platform.training import TrainSpec
 from driftlab.platform.world import render_condition_set
 
+from test_video import fleet_cfg, needs_clips, own_models  # noqa: F401 (a fixture)
 from conftest import SMALL_WORLD
 
 
@@ -41,7 +44,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=4, namespace=NAMESPACE, include_dashboard=True,
+    ray.init(num_cpus=4, namespace=NAMESPACE, include_dashboard=True, runtime_env={"env_vars": WORKER_ENV},
              logging_level="warning", configure_logging=True)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -127,7 +130,8 @@ def _run_equals_inline(tiny_cfg, tmp_path, http_port: int):
 
     out = tmp_path / "ray"
     # One camera per group actor: two groups per strategy, all three strategies at once.
-    summary = run_on_ray(cfg, RayOptions(http_port=http_port, cameras_per_actor=1), out_dir=str(out),
+    summary = run_on_ray(cfg, RayOptions(http_port=http_port, cameras_per_actor=1, strategies_at_once=3),
+                         out_dir=str(out),
                          progress=False, log=lambda *_: None, after_tick=after_tick)
     # The dashboard's state API saw the named parts while the run was going.
     assert {f"{s}/{part}" for s in ("ams", "edgesync+cp", "newest_first+refit")
@@ -144,8 +148,24 @@ def _run_equals_inline(tiny_cfg, tmp_path, http_port: int):
     assert (out / "summary.parquet").exists() and (out / "accuracy.png").exists()
 
 
+@pytest.mark.slow
+@needs_clips
+def test_real_clips_with_own_models_on_ray_equal_inline(local_ray, own_models, tmp_path):
+    """Three cameras, each its own real clip, a teacher and a student from weight files."""
+    cfg = fleet_cfg(own_models)
+    inline = run_inline(cfg, progress=False, log=lambda *_: None)
+    summary = run_on_ray(cfg, RayOptions(http_port=local_ray, cpus_per_camera=0.1), out_dir=str(tmp_path),
+                         progress=False, log=lambda *_: None)
+    pd.testing.assert_frame_equal(inline, summary)
+    frames = pd.read_parquet(tmp_path / "frames.parquet")
+    counts = frames[frames.strategy == "static"].groupby("camera").size()
+    fleet_sources = [open_recording(s, i, cfg.world.fps, cfg.frame_size, cfg.duration, cfg.classes)
+                     for i, s in enumerate(cfg.sources)]
+    assert counts.tolist() == [s.num_frames for s in fleet_sources]
+
+
 def test_teacher_over_handle_and_http(local_ray, teacher_ckpt):
-    opts = TeacherOptions(teacher_ckpt, num_classes=SMALL_WORLD.num_classes,
+    opts = TeacherOptions(TeacherSpec(weights=teacher_ckpt), num_classes=SMALL_WORLD.num_classes,
                           image_size=SMALL_WORLD.size, max_side=256, max_body_bytes=200_000)
     handle = deploy_teacher(opts)
     frames = render_condition_set(SMALL_WORLD, ["day", "night"], 6, seed=4)
@@ -182,12 +202,12 @@ def test_teacher_over_handle_and_http(local_ray, teacher_ckpt):
 
 
 def test_bad_teacher_checkpoint_fails_at_deploy(tmp_path):
-    with pytest.raises(FileNotFoundError, match="teacher checkpoint not found"):
-        teacher_app(TeacherOptions(str(tmp_path / "missing.pt")))
+    with pytest.raises(FileNotFoundError, match="teacher weights not found"):
+        teacher_app(TeacherOptions(TeacherSpec(weights=str(tmp_path / "missing.pt"))))
     wrong = tmp_path / "student.pt"
     torch.save(build_student("mobilenet_v3_small", 6).state_dict(), wrong)
-    with pytest.raises(ValueError, match="does not fit a ResNet"):
-        teacher_app(TeacherOptions(str(wrong)))
+    with pytest.raises(ValueError, match="do not fit ResNet: key 'conv1.weight'"):
+        teacher_app(TeacherOptions(TeacherSpec(weights=str(wrong))))
 
 
 def test_train_pool_runs_retraining_and_distillation_and_reports_a_failing_job(local_ray):

@@ -1,9 +1,7 @@
-"""Frame sources a camera reads: a synthetic drifting stream, or a real video file."""
+"""Frame sources a camera reads: the synthetic world's drifting stream (recordings: :mod:`.recorded`)."""
 from __future__ import annotations
 
-import csv
 import math
-import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,8 +12,7 @@ from ..validation import check_positive, check_range, check_whole
 from .conditions import Scenario
 from .render import NUM_SHAPES, apply_condition, draw_object, render_background
 
-__all__ = ["WorldConfig", "FrameBatch", "FrameSource", "CameraStream", "VideoFileSource",
-           "VideoError", "render_condition_set"]
+__all__ = ["WorldConfig", "FrameBatch", "FrameSource", "CameraStream", "render_condition_set"]
 
 
 @dataclass(frozen=True)
@@ -166,71 +163,3 @@ def render_condition_set(world: WorldConfig, conditions: list[str], n: int, seed
     return FrameBatch(np.concatenate([b.images for b in parts]),
                       np.concatenate([b.labels for b in parts]),
                       np.concatenate([b.times for b in parts]))
-
-
-class VideoError(ValueError):
-    """A video file (or its labels) cannot be used; the message names the file."""
-
-
-class VideoFileSource:
-    """Frames of a user's video file (mp4/avi/...) read through OpenCV.
-
-    Frames are resized to ``size`` x ``size`` RGB. Labels come from an optional
-    CSV with columns ``frame,label`` (frames not listed are unknown, -1);
-    without labels the teacher's labels serve as ground truth, as Ekya and AMS do.
-    """
-
-    def __init__(self, path: str, size: int = 64, labels_csv: str | None = None,
-                 max_frames: int | None = None):
-        self.path = path
-        if not os.path.isfile(path):
-            raise VideoError(f"video file not found: {path}")
-        if os.path.getsize(path) == 0:
-            raise VideoError(f"video file is empty: {path}")
-        cap = cv2.VideoCapture(path)
-        try:
-            if not cap.isOpened():
-                raise VideoError(f"cannot open video file (corrupt or unsupported format): {path}")
-            fps = cap.get(cv2.CAP_PROP_FPS)
-            images = []
-            while max_frames is None or len(images) < max_frames:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-                images.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        finally:
-            cap.release()
-        if not images:
-            raise VideoError(f"no frame could be decoded from video file (corrupt?): {path}")
-        self.images = np.stack(images)
-        self.fps = float(fps) if fps and fps > 0 else 25.0
-        self.num_frames = len(images)
-        self.labels = np.full(self.num_frames, -1, np.int64)
-        if labels_csv is not None:
-            self._read_labels(labels_csv)
-
-    def _read_labels(self, labels_csv: str) -> None:
-        if not os.path.isfile(labels_csv):
-            raise VideoError(f"labels file not found: {labels_csv}")
-        try:
-            with open(labels_csv, newline="") as f:
-                for row in csv.DictReader(f):
-                    i = int(row["frame"])
-                    if 0 <= i < self.num_frames:
-                        self.labels[i] = int(row["label"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise VideoError(f"labels file {labels_csv} must have integer columns "
-                             f"'frame,label': {e}") from None
-
-    @property
-    def duration(self) -> float:
-        return self.num_frames / self.fps
-
-    def frames(self, start: int, stop: int) -> FrameBatch:
-        start, stop = max(start, 0), min(stop, self.num_frames)
-        idx = np.arange(start, stop)
-        return FrameBatch(self.images[start:stop], self.labels[start:stop], idx / self.fps)
-
-    def drifted(self, times: np.ndarray) -> np.ndarray:
-        return np.zeros(len(times), bool)
