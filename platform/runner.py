@@ -95,7 +95,10 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print,
                 # student learns from its first fifth (at most ``warmup``).
                 n = past if src.past_frames else min(past, max(8, src.num_frames // 5))
                 job = StudentJob(src, cfg.student, cfg.num_classes, n)
-                keys.append((*src.key, hashlib.sha256(job.past().labels.tobytes()).hexdigest()[:16]))
+                # Its labels (CSV or teacher) belong in the key; read, not decoded again.
+                first, last = job.past_range()
+                past_labels = src.labels[first + src.past_frames:last + src.past_frames]
+                keys.append((*src.key, hashlib.sha256(past_labels.tobytes()).hexdigest()[:16]))
             else:
                 # A camera's past holds its scenario's first condition whatever the
                 # fleet's size (the scenario is held constant before t=0).

@@ -83,16 +83,20 @@ def with_teacher_weights(world: WorldConfig, spec: TeacherSpec | str = "resnet18
     if spec.weights is not None:
         return spec
     recipe = TeacherRecipe(arch=spec.arch)
-    own_input = [] if (spec.input_size, spec.mean, spec.std) == (None, *_DEFAULT_NORM) else \
-        [spec.input_size, spec.mean, spec.std]
-    path = cache_path(f"teacher-{spec.arch}", asdict(world), asdict(recipe), CONDITIONS, FIT_VERSION, *own_input)
+    path = cache_path(f"teacher-{spec.arch}", asdict(world), asdict(recipe), CONDITIONS, FIT_VERSION,
+                      *_input_key(spec))
     if not os.path.exists(path):
         _save(train_teacher(world, recipe, device, log, spec), path)
         log(f"cached teacher at {path}")
     return replace(spec, weights=path)
 
 
-_DEFAULT_NORM = (ModelSpec().mean, ModelSpec().std)
+def _input_key(spec: ModelSpec) -> list:
+    """A model's input in its cache key, where it is not the default (so
+    that caches of default models keep their names)."""
+    default = ModelSpec()
+    same = (spec.input_size, spec.mean, spec.std) == (None, default.mean, default.std)
+    return [] if same else [spec.input_size, spec.mean, spec.std]
 
 
 def load_teacher(world: WorldConfig, spec: TeacherSpec | str = "resnet18", num_classes: int | None = None,
@@ -158,12 +162,15 @@ class StudentJob:
     past_frames: int
     epochs: int = 6
 
+    def past_range(self) -> tuple[int, int]:
+        """Stream frame indices it trains on: the camera's past before t=0,
+        else (a recording that starts at its first frame) its first frames."""
+        before = getattr(self.source, "past_frames", self.past_frames)
+        return (-min(self.past_frames, before), 0) if before else (0, self.past_frames)
+
     def past(self):
-        """The frames it trains on: the camera's past before t=0, else (a
-        recording that starts at its first frame) its first frames."""
-        src = self.source
-        before = getattr(src, "past_frames", self.past_frames)
-        return src.frames(-min(self.past_frames, before), 0) if before else src.frames(0, self.past_frames)
+        """The frames it trains on (:meth:`past_range`)."""
+        return self.source.frames(*self.past_range())
 
     def run(self, device="cpu") -> dict:
         """The trained student's weights (on CPU)."""
@@ -177,10 +184,8 @@ class StudentJob:
     def cache_path(self, key: tuple) -> str:
         """Its cache file; ``key`` identifies the camera's stream."""
         spec = ModelSpec(self.arch) if isinstance(self.arch, str) else self.arch
-        own_input = [] if (spec.input_size, spec.mean, spec.std) == (None, *_DEFAULT_NORM) else \
-            [spec.input_size, spec.mean, spec.std]
         return cache_path(f"student-{spec.arch}", key, self.past_frames, self.epochs, self.num_classes,
-                          CONDITIONS, FIT_VERSION, *own_input)
+                          CONDITIONS, FIT_VERSION, *_input_key(spec))
 
 
 TrainStudents = Callable[[list[StudentJob], Callable[[str], None]], Iterator[tuple[int, dict]]]
