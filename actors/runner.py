@@ -78,7 +78,10 @@ class RayOptions:
         train_workers: Ray Train workers running jobs.
         train_gpus: GPU fraction per Train worker (None: 0.5 when the cluster
             has GPUs, else 0).
-        http_port: port of Serve's HTTP proxy (the teacher's route).
+        http_host: address Serve's HTTP proxy (the teacher's route) binds to:
+            this machine only unless you open it (``0.0.0.0``; Serve's HTTP
+            route has no authentication of its own).
+        http_port: its port.
         strategies_at_once: strategies whose fleets run at the same time
             (None: all); a fleet's actors start with its strategy. Fewer
             at once need fewer resources (on 2 cores one at a time was
@@ -95,6 +98,7 @@ class RayOptions:
     teacher_gpus: float | None = None
     train_workers: int = 1
     train_gpus: float | None = None
+    http_host: str = "127.0.0.1"
     http_port: int = 8000
     strategies_at_once: int | None = None
 
@@ -197,7 +201,7 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     plan = plan_resources(cfg, opts, ray.cluster_resources(), at_once)
     fleet = build_fleet(cfg, log, train_students=train_students_on_ray)
     log("starting the Serve teacher and the Ray Train pool ...")
-    serve.start(http_options={"host": "127.0.0.1", "port": opts.http_port}, logging_config=QUIET)
+    serve.start(http_options={"host": opts.http_host, "port": opts.http_port}, logging_config=QUIET)
     teacher = deploy_teacher(TeacherOptions(
         fleet.teacher_spec, cfg.num_classes, cfg.frame_size,
         replicas=opts.teacher_replicas, max_batch_size=opts.teacher_batch, num_cpus=_TEACHER_CPUS,

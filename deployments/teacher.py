@@ -8,12 +8,18 @@ labels do not depend on who else asked. Outside clients use HTTP::
     curl -X POST --data-binary @frame.png http://127.0.0.1:8000/teacher
     {"label": 3, "confidence": 0.97}
 
-The body is one encoded image (PNG, JPEG, anything OpenCV decodes), resized to
-the world's frame size. A malformed body is a 400, an oversized one a 413; the
-replica keeps serving either way.
+The body is one encoded image (PNG, JPEG, WebP, anything Pillow reads; EXIF
+orientation applied, grey and alpha made RGB), resized to the world's frame
+size. A malformed body is a 400 and an oversized one a 413, each with a JSON
+``{"error": ...}``. The size an image declares is checked from its header
+before any pixel is decoded (a few hundred bytes of PNG can declare 20000 x
+20000 pixels), and decoding runs off the replica's event loop, so bad bodies
+never hold up the cameras' labelling on the same replica.
 """
 from __future__ import annotations
 
+import asyncio
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +52,8 @@ class TeacherOptions:
         num_cpus: CPUs per replica (logical).
         num_gpus: GPUs per replica (fractions share one).
         max_body_bytes: largest HTTP body accepted.
-        max_side: largest decoded image side accepted over HTTP.
+        max_side: largest image side accepted over HTTP (read from the header).
+        max_pixels: largest image area accepted over HTTP (read from the header).
         genkd_checkpoint: seed 2's head and CVAE on the teacher
             (:func:`driftlab.platform.zoo.teacher_genkd_checkpoint`); with it,
             labels come with the teacher's attention for genkd jobs.
@@ -62,6 +69,7 @@ class TeacherOptions:
     num_gpus: float = 0.0
     max_body_bytes: int = 8 << 20
     max_side: int = 4096
+    max_pixels: int = 4096 * 3072
     genkd_checkpoint: str | None = None
 
 
@@ -106,31 +114,47 @@ class Teacher:
         from starlette.responses import JSONResponse
 
         try:
-            image = self._decode(await request.body() if request.method == "POST" else None)
+            if request.method != "POST":
+                raise HTTPError(405, f"POST an encoded image to {ROUTE}")
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.opts.max_body_bytes:
+                raise HTTPError(413, f"body of {declared} bytes exceeds {self.opts.max_body_bytes}")
+            image = await asyncio.get_running_loop().run_in_executor(None, self._decode, await request.body())
         except HTTPError as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         result = await self.label(image[None])
         return JSONResponse({"label": int(result["labels"][0]),
                              "confidence": float(result["confidences"][0])})
 
-    def _decode(self, body: bytes | None) -> np.ndarray:
+    def _decode(self, body: bytes) -> np.ndarray:
+        """An (image_size, image_size, 3) uint8 RGB frame from an encoded image;
+        :class:`HTTPError` for anything else, before decoding where the header tells."""
         import cv2
+        from PIL import Image, ImageOps, UnidentifiedImageError
 
-        if body is None:
-            raise HTTPError(405, f"POST an encoded image to {ROUTE}")
         if not body:
             raise HTTPError(400, "empty body: POST an encoded image (PNG, JPEG, ...)")
         if len(body) > self.opts.max_body_bytes:
             raise HTTPError(413, f"body of {len(body)} bytes exceeds {self.opts.max_body_bytes}")
-        bgr = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise HTTPError(400, "body is not an image OpenCV can decode")
-        if max(bgr.shape[:2]) > self.opts.max_side:
-            raise HTTPError(413, f"image of {bgr.shape[1]}x{bgr.shape[0]} exceeds "
-                                 f"{self.opts.max_side} px per side")
+        try:
+            with Image.open(io.BytesIO(body)) as im:   # reads the header only
+                w, h = im.size
+                if max(w, h) > self.opts.max_side or w * h > self.opts.max_pixels:
+                    raise HTTPError(413, f"image of {w}x{h} exceeds {self.opts.max_side} px per side or "
+                                         f"{self.opts.max_pixels} pixels")
+                rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except HTTPError:
+            raise
+        except Image.DecompressionBombError as e:   # declares more pixels than Pillow opens at all
+            raise HTTPError(413, str(e)) from None
+        except UnidentifiedImageError:
+            raise HTTPError(400, "body is not an image Pillow can read (PNG, JPEG, WebP, ...)") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:   # truncated or corrupt data
+            raise HTTPError(400, f"image data is corrupt or truncated: {e}") from None
+        if min(rgb.shape[:2]) == 0:
+            raise HTTPError(400, "image has no pixels")
         size = self.opts.image_size
-        return cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA),
-                            cv2.COLOR_BGR2RGB)
+        return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def teacher_app(opts: TeacherOptions):

@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ray.add_argument("--train-workers", type=int, default=1)
     ray.add_argument("--strategies-at-once", type=int,
                      help="strategies whose fleets run at the same time (default: all)")
+    ray.add_argument("--http-host", default="127.0.0.1",
+                     help="address the teacher's HTTP route binds to (0.0.0.0 opens it to the network, "
+                          "without authentication)")
     ray.add_argument("--http-port", type=int, default=8000, help="Serve HTTP port (teacher route)")
     return p.parse_args(argv)
 
@@ -134,7 +137,7 @@ def make_runner(cfg: SimConfig, args: argparse.Namespace) -> Runner:
     opts = RayOptions(address=args.address, num_cpus=args.num_cpus, cameras_per_actor=args.cameras_per_actor,
                       cpus_per_camera=args.cpus_per_camera, gpus_per_camera=args.gpus_per_camera,
                       teacher_replicas=args.teacher_replicas, teacher_batch=args.teacher_batch,
-                      train_workers=args.train_workers, http_port=args.http_port,
+                      train_workers=args.train_workers, http_host=args.http_host, http_port=args.http_port,
                       strategies_at_once=args.strategies_at_once)
     url = start_ray(cfg, opts)
     print(f"Ray dashboard: {url or 'not running (install ray[default])'}", flush=True)
@@ -197,6 +200,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     commit = current_commit()
     try:
+        if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise ConfigError(f"--out {args.out} is a file; give a directory for the results")
         cfg, seeds = resolve_config(args)
         t0 = time.time()
         print(f"driftlab: {len(cfg.strategies)} strategies x {cfg.cameras} cameras, "
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
                 run_seeds(cfg, seeds, run, args.out))
         if args.out:
             write_provenance(cfg, argv, args.out, commit)
-    except (ConfigError, VideoError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, VideoError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 
 from .drift import ChangePointParams
 from .validation import (ConfigError, check_choice, check_non_negative, check_positive, check_range,
-                         check_whole)
+                         check_type, check_whole, field_types)
 from .world import SCENARIOS, WorldConfig
 from .world.recorded import SourceSpec
 from .world.render import SHAPE_NAMES
@@ -363,12 +364,13 @@ def config_from_dict(values: dict[str, Any], base: SimConfig | None = None) -> S
             if name in _SHORTHAND and isinstance(value, str):
                 value = {_SHORTHAND[name]: value}
             kwargs[name] = _nested(name, _NESTED[name], getattr(base, name), value)
-        elif name == "strategies":
-            kwargs[name] = tuple([value] if isinstance(value, str) else value)
         elif name == "sources":
             kwargs[name] = _sources(value)
         else:
-            kwargs[name] = value
+            if name == "strategies" and isinstance(value, str):
+                value = [value]
+            check_type(name, field_types(SimConfig)[name], value)
+            kwargs[name] = tuple(value) if isinstance(value, list) else value
     if kwargs.get("sources") and "cameras" not in values:
         kwargs["cameras"] = len(kwargs["sources"])
     try:
@@ -392,9 +394,12 @@ def _sources(value: Any) -> tuple[SourceSpec, ...]:
             entry = {"path": entry}
         if not isinstance(entry, dict):
             raise ConfigError(f"sources[{i}] must be a path or a mapping, got {entry!r}")
-        unknown = set(entry) - {f.name for f in dataclasses.fields(SourceSpec)}
+        types = field_types(SourceSpec)
+        unknown = set(entry) - set(types)
         if unknown:
             raise ConfigError(f"unknown field(s) in sources[{i}]: {', '.join(sorted(map(str, unknown)))}")
+        for k, v in entry.items():
+            check_type(f"sources[{i}].{k}", types[k], v)
         try:
             out.append(SourceSpec(**entry))
         except (TypeError, ValueError) as e:
@@ -407,20 +412,18 @@ def _sources(value: Any) -> tuple[SourceSpec, ...]:
 def _nested(name: str, cls: type, base: Any, value: Any) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"config field {name!r} must be a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(value) - set(fields)
+    types = field_types(cls)
+    unknown = set(value) - set(types)
     if unknown:
         def why(k: str) -> str:
             if f"{name}.{k}" not in _RENAMED:
                 return k
             new = _RENAMED[f"{name}.{k}"]
             return f"{k} (now {new})" if new else f"{k} (removed: it was never used)"
-        raise ConfigError(f"unknown field(s) in {name!r}: {', '.join(why(k) for k in sorted(unknown))}")
+        raise ConfigError(f"unknown field(s) in {name!r}: {', '.join(why(str(k)) for k in sorted(map(str, unknown)))}")
     value = dict(value)
     for k, v in value.items():
-        expected = type(getattr(base, k))
-        if expected in (int, float) and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
-            raise ConfigError(f"{name}.{k} must be a number, got {v!r}")
+        check_type(f"{name}.{k}", types[k], v)
         if isinstance(v, list):   # YAML lists; frozen configs hold tuples
             value[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
     try:
@@ -438,16 +441,30 @@ def describe_sources(cfg: SimConfig) -> str:
     return names if len(names) < 60 else f"{len(recorded)} recordings"
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as people write configs: ``1e-4`` and ``1e3`` are numbers (as in
+    YAML 1.2), not the strings YAML 1.1 makes of them."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def load_config(path: str, base: SimConfig | None = None) -> SimConfig:
     """Read a YAML config file over ``base``; any problem is a :class:`ConfigError`."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory; give a YAML file")
     try:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
+        with open(path, encoding="utf-8") as f:
+            values = yaml.load(f, Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (YAML)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    return config_from_dict(values, base)
+    return config_from_dict({} if values is None else values, base)
 
 
 def config_to_dict(cfg: SimConfig) -> dict[str, Any]:

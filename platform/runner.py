@@ -39,14 +39,18 @@ def set_determinism(threads: int | None = None) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def build_sources(cfg: SimConfig) -> list[FrameSource]:
+def build_sources(cfg: SimConfig, log: Callable[[str], None] = print) -> list[FrameSource]:
     """What each camera plays (``cfg.sources``, else the synthetic world);
-    recordings are opened here, so a bad file fails before any model is trained."""
+    recordings are opened and their length checked here, so a bad or short
+    file fails before any model is trained."""
     scenario = get_scenario(cfg.scenario)
     out: list[FrameSource] = []
     for i, spec in enumerate(cfg.sources or [SourceSpec()] * cfg.cameras):
-        out.append(CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration) if spec.synthetic
-                   else open_recording(spec, i, cfg.world.fps, cfg.frame_size, cfg.duration, cfg.classes))
+        if spec.synthetic:
+            out.append(CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration))
+            continue
+        out.append(open_recording(spec, i, cfg.world.fps, cfg.frame_size, cfg.duration, cfg.classes))
+        out[-1].check_length(cfg.window, cfg.duration, log)
     return out
 
 
@@ -77,7 +81,7 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print,
     """The sources, the teacher and each camera's initial student (given, or
     trained by ``train_students`` where not cached) a run's strategies all start from."""
     device = default_device()
-    sources = build_sources(cfg)
+    sources = build_sources(cfg, log)
     if any(isinstance(s, RecordedSource) for s in sources) and cfg.teacher.weights is None:
         log("warning: recordings labelled by the synthetic world's teacher (teacher.weights not set): "
             "its labels are shapes, not your classes")

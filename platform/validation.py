@@ -9,11 +9,14 @@ imports more than the standard library, so configs stay cheap to build.
 """
 from __future__ import annotations
 
+import functools
 import math
+import types
+import typing
 from typing import Any, Iterable
 
 __all__ = ["ConfigError", "check_number", "check_positive", "check_non_negative", "check_whole",
-           "check_range", "check_choice"]
+           "check_range", "check_choice", "check_type", "field_types"]
 
 
 class ConfigError(ValueError):
@@ -68,3 +71,61 @@ def check_choice(cfg: Any, name: str, options: Iterable[str], what: str | None =
     v, options = getattr(cfg, name), list(options)
     if v not in options:
         raise ConfigError(f"unknown {what or name} {v!r}; choose one of: {', '.join(map(str, options))}")
+
+
+@functools.lru_cache(maxsize=None)
+def field_types(cls: type) -> dict[str, Any]:
+    """A config dataclass's fields and their annotated types."""
+    return typing.get_type_hints(cls)
+
+
+def check_type(name: str, hint: Any, value: Any) -> None:
+    """``value`` (as YAML or a caller gives it) has the field's annotated type
+    ``hint``: ``int`` (not a bool), ``float`` (an int is one, a bool is not,
+    nor NaN), ``str``, ``X | None``, ``tuple[X, ...]`` and ``tuple[X, Y]``
+    (a list is one), a config dataclass (an instance or a mapping). Checked
+    before a config is built, so a value of the wrong kind is one
+    :class:`ConfigError` naming the field, never a ``TypeError`` later.
+    """
+    if not _fits(hint, value):
+        raise ConfigError(f"{name} must be {_describe(hint)}, got {value!r}")
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return _is_number(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(args[0], v) for v in value)
+        return len(value) == len(args) and all(_fits(a, v) for a, v in zip(args, value))
+    if isinstance(hint, type):
+        return isinstance(value, (hint, dict))
+    return True  # an annotation this check does not know: the class's own checks decide
+
+
+_NOUNS = {type(None): ("null (unset)", "nulls"), float: ("a number", "numbers"), int: ("a whole number", "whole numbers"),
+          str: ("a string", "strings"), bool: ("true or false", "booleans")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args)
+    if origin is tuple:
+        what = "lists of" if plural else "a list of"
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"{what} {_describe(args[0], True)}"
+        return f"{what} {len(args)} {_describe(args[0], True)}"
+    name = getattr(hint, "__name__", str(hint))
+    return _NOUNS.get(hint, (f"a mapping of {name} fields", f"mappings of {name} fields"))[plural]

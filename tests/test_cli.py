@@ -54,12 +54,73 @@ def test_malformed_config_file(tmp_path):
     assert out.returncode == 2 and "costs: genkd_factor must be a number >= 0, got -1" in out.stderr
     for text, message in [("edgesync:\n  w_stale: -0.5\n", "edgesync: w_stale must be a number >= 0, got -0.5"),
                           ("edgesync:\n  horizon: 0\n", "edgesync: horizon must be a positive number"),
-                          ("borrow: 2.5\n", "borrow must be a whole number >= 0, got 2.5"),
-                          ("refit:\n  layers: 2.5\n", "refit: layers must be a whole number >= 0, got 2.5"),
+                          ("borrow: 2.5\n", "borrow must be a whole number, got 2.5"),
+                          ("refit:\n  layers: 2.5\n", "refit.layers must be a whole number, got 2.5"),
                           ("world:\n  size: 8\n", "world: size must be a whole number >= 16, got 8")]:
         typed.write_text(text)
         out = run("--config", str(typed))
         assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def _main(argv, capsys) -> tuple[int, str]:
+    """drift_sim.py's main in this process (bad input fails before anything starts)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("drift_sim", ROOT / "experiments" / "drift_sim.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = module.main(argv)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err + out.out
+    return code, out.err
+
+
+@pytest.mark.parametrize("text,message", [
+    ("cameras: 2.5", "cameras must be a whole number, got 2.5"),
+    ("cameras: true", "cameras must be a whole number, got True"),
+    ("world: {size: 64.0}", "world.size must be a whole number, got 64.0"),
+    ("strategies: 3", "strategies must be a list of strings, got 3"),
+    ("strategies: [1, 2]", "strategies must be a list of strings, got [1, 2]"),
+    ("strategies:", "strategies must be a list of strings, got None"),
+    ("strategies: []", "no strategy to run"),
+    ("1: x", "unknown config field(s): 1"),
+    ("cameras: 2\n1: x", "unknown config field(s): 1"),
+    ("duration: .inf", "duration must be a positive number, got inf"),
+    ("duration: .nan", "duration must be a number, got nan"),
+    ("teacher: {classes: [day, 3]}", "teacher.classes must be a list of strings or null (unset), got ['day', 3]"),
+    ("sources: [{path: a.mp4, fps: fast}]", "sources[0].fps must be a number or null (unset), got 'fast'"),
+    ("world: 3", "config field 'world' must be a mapping"),
+    ("- cameras", "a config must be a mapping of field names to values, got list"),
+])
+def test_config_values_of_the_wrong_type(tmp_path, capsys, text, message):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text + "\n")
+    code, err = _main(["--config", str(path)], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+
+
+def test_numbers_as_people_write_them(tmp_path):
+    from driftlab.platform.config import load_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("retrain_lr: 1e-4\nduration: 1e3\ncosts: {label_s_per_frame: 5E-3}\n")
+    cfg = load_config(str(path))  # YAML 1.1 reads these as text
+    assert (cfg.retrain_lr, cfg.duration, cfg.costs.label_s_per_frame) == (1e-4, 1000.0, 5e-3)
+
+
+def test_paths_of_the_wrong_kind(tmp_path, capsys):
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    (tmp_path / "a-dir.yaml").mkdir()
+    (tmp_path / "results").write_text("not a directory")
+    (tmp_path / "frames").mkdir()
+    for argv, message in [
+        (["--config", str(tmp_path / "a-dir.yaml")], "a-dir.yaml is a directory"),
+        (["--config", str(tmp_path / "binary.yaml")], "binary.yaml is not text"),
+        (["--out", str(tmp_path / "results")], "--out " + str(tmp_path / "results") + " is a file"),
+        (["--source", str(tmp_path / "frames"), "--inline"], "frames: directory has no images"),
+    ]:
+        code, err = _main(argv, capsys)
+        assert code == 2 and message in err, (argv, err)
 
 
 def test_gpus_asked_of_a_machine_without_them():

@@ -22,6 +22,14 @@ def test_cluster_yaml_is_valid_for_ray_up():
     assert any("pip install" in c and "-e ." in c for c in config["setup_commands"])
 
 
+def test_every_node_starts_with_token_authentication_and_private_ports():
+    config = _load()
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"   # the same token on every node
+    assert "0.0.0.0" not in (ROOT / "cluster.yaml").read_text()
+
+
 def test_validator_catches_a_broken_file():
     config = _load()
     config["available_node_types"]["gpu_worker"]["min_wrokers"] = 0  # a typo

@@ -2,6 +2,7 @@
 
 One Ray instance for the module; the Serve HTTP proxy on a free port.
 """
+import io
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -178,27 +179,105 @@ def test_teacher_over_handle_and_http(local_ray, teacher_ckpt):
     np.testing.assert_array_equal(served, direct)
 
     url = f"http://127.0.0.1:{local_ray}{ROUTE}"
-
-    def post(body: bytes):
-        req = urllib.request.Request(url, data=body, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    png = cv2.imencode(".png", cv2.cvtColor(frames.images[0], cv2.COLOR_RGB2BGR))[1].tobytes()
-    status, body = post(png)
+    png = _encode(frames.images[0], "PNG")
+    status, body = _post(url, png)
     assert status == 200 and body["label"] == int(direct[0]) and 0 < body["confidence"] <= 1
-    status, body = post(b"not an image at all")
-    assert status == 400 and "decode" in body["error"]
-    big = cv2.imencode(".png", np.zeros((300, 300, 3), np.uint8))[1].tobytes()
-    status, body = post(big)
+    status, body = _post(url, b"not an image at all")
+    assert status == 400 and "not an image" in body["error"]
+    status, body = _post(url, _encode(np.zeros((300, 300, 3), np.uint8), "PNG"))
     assert status == 413 and "300x300" in body["error"]
-    status, body = post(b"\0" * 300_000)
+    status, body = _post(url, b"\0" * 300_000)
     assert status == 413 and "exceeds" in body["error"]
-    status, body = post(png)  # the replica kept serving
+    status, body = _post(url, _png_declaring(20000, 20000))   # a few hundred bytes, 400 MP declared
+    assert status == 413 and "400000000 pixels" in body["error"]
+    status, body = _post(url, png)  # the replica kept serving
     assert status == 200 and body["label"] == int(direct[0])
+
+
+def _post(url: str, body: bytes | None, timeout: float = 60) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _encode(rgb: np.ndarray, fmt: str, **kw) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header declaring ``width`` x ``height`` grey pixels, with
+    ten rows of data: what a decompression bomb's first bytes look like."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1) * 10)) + chunk(b"IEND", b""))
+
+
+def test_teacher_http_route_under_bad_bodies(local_ray, teacher_ckpt):
+    """A bounded fuzz on loopback: every bad body a 4xx with a JSON error, the
+    replica alive throughout, good requests answered while bad ones arrive."""
+    from PIL import Image
+    from ray.util.state import list_actors
+
+    deploy_teacher(TeacherOptions(TeacherSpec(weights=teacher_ckpt), num_classes=SMALL_WORLD.num_classes,
+                                  image_size=SMALL_WORLD.size, max_side=256, max_pixels=200 * 200,
+                                  max_body_bytes=200_000))
+    url = f"http://127.0.0.1:{local_ray}{ROUTE}"
+    rng = np.random.default_rng(0)
+    rgb = render_condition_set(SMALL_WORLD, ["day"], 1, seed=1).images[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6   # orientation: rotated 90 degrees
+    good = [_encode(rgb, "PNG"), _encode(rgb, "JPEG", quality=90), _encode(rgb, "WEBP"),
+            _encode(rgb[..., 0], "PNG"), _encode(np.dstack([rgb, rgb[..., :1]]), "PNG"),
+            _encode(rgb[:20], "JPEG", exif=exif)]
+    bad = [b"", b"GIF89a", b"%PDF-1.4 not an image", b'{"frames": [1, 2, 3]}', bytes(rng.integers(0, 256, 5000)),
+           _png_declaring(20000, 20000), _png_declaring(100_000, 100_000), _png_declaring(250, 250),
+           _encode(np.zeros((10, 300, 3), np.uint8), "PNG")]
+    bad += [g[:int(n)] for g in good[:3] for n in rng.integers(8, len(g) // 2, 20)]   # truncated
+    flipped = []   # random bytes changed: may still decode, or not; never a 5xx
+    for g in good:
+        for _ in range(25):
+            b = bytearray(g)
+            for i in rng.integers(0, len(b), 4):
+                b[i] = rng.integers(0, 256)
+            flipped.append(bytes(b))
+    before = {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+              if a.class_name.startswith("ServeReplica:teacher")}
+    bodies = [("good", g) for g in good * 5] + [("bad", b) for b in bad] + [("flipped", f) for f in flipped]
+    order = rng.permutation(len(bodies))
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: (bodies[i][0], *_post(url, bodies[i][1])), order))
+    assert len(answers) >= 240
+    for kind, status, body in answers:
+        if kind == "good":
+            assert status == 200 and 0 <= body["label"] < SMALL_WORLD.num_classes, body
+        elif kind == "bad":
+            assert 400 <= status < 500 and body["error"], (status, body)
+        else:
+            assert status == 200 or (400 <= status < 500 and body["error"]), (status, body)
+    assert _post(url, None)[0] == 405
+    after = {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+             if a.class_name.startswith("ServeReplica:teacher")}
+    assert before == after   # the same replica served all of it
+    # A bomb's 413 comes from its header: a good request sent with it is not held up.
+    import time
+    with ThreadPoolExecutor(2) as pool:
+        t0 = time.time()
+        bomb = pool.submit(_post, url, _png_declaring(20000, 20000))
+        status, body = pool.submit(_post, url, good[0]).result()
+        assert status == 200 and bomb.result()[0] == 413
+        assert time.time() - t0 < 10   # decoding the bomb alone took 25 s
 
 
 def test_bad_teacher_checkpoint_fails_at_deploy(tmp_path):

@@ -16,7 +16,7 @@ import torch
 
 from driftlab.platform.config import ConfigError, ModelSpec, SimConfig, TeacherSpec, config_from_dict
 from driftlab.platform.models import build_student, build_teacher
-from driftlab.platform.runner import build_fleet, run_inline
+from driftlab.platform.runner import build_fleet, build_sources, run_inline
 from driftlab.platform.training import TrainSpec, fit
 from driftlab.platform.world import CameraStream, SourceSpec, VideoError, get_scenario, open_recording
 
@@ -184,7 +184,7 @@ def test_frame_directory_and_mixed_fleet(video, tiny_cfg, tmp_path):
     d.mkdir()
     for i, img in enumerate(batch.images[:60]):
         cv2.imwrite(str(d / f"{i:05d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    cfg = tiny_cfg(sources=["synthetic", {"path": str(d), "fps": 4.0}], duration=40.0,
+    cfg = tiny_cfg(sources=["synthetic", {"path": str(d), "fps": 4.0}], duration=40.0, window=10.0,
                    strategies=["static"])
     fleet = build_fleet(cfg, log=lambda *_: None)
     assert fleet.sources[1].num_frames == 30   # 60 images at 4 fps read at 2 fps
@@ -205,6 +205,25 @@ def test_missing_empty_corrupt_files_are_named(tmp_path):
                       (nothing, "no images")):
         with pytest.raises(VideoError, match=f"camera 2: .*{os.path.basename(path)}.*{why}"):
             open_recording(SourceSpec(str(path)), 2, 2.0, 32, 100.0, CLASSES)
+
+
+def test_a_source_shorter_than_a_window_or_the_run_says_what_it_gives(tmp_path, tiny_cfg):
+    fast = tmp_path / "fast.mp4"   # 240 frames whose header says 1000 fps: 0.24 s
+    writer = cv2.VideoWriter(str(fast), cv2.VideoWriter_fourcc(*"mp4v"), 1000, (32, 32))
+    for i in range(240):
+        writer.write(np.full((32, 32, 3), i, np.uint8))
+    writer.release()
+    still = tmp_path / "still.png"
+    cv2.imwrite(str(still), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(VideoError, match=r"camera 0: .*fast.mp4: gives 0.5 s of stream \(240 frames at 1000 fps"
+                                         r".*less than one retraining window \(40 s\)"):
+        build_fleet(tiny_cfg(sources=[str(fast)]), log=lambda *_: None)
+    with pytest.raises(VideoError, match="still.png: is a single image, not a video"):
+        build_fleet(tiny_cfg(sources=[str(still)]), log=lambda *_: None)
+    said = []
+    build_sources(tiny_cfg(sources=[{"path": str(fast), "fps": 2.0}], window=10.0, duration=200.0), said.append)
+    assert said == [f"warning: camera 0: {fast} gives 120 s of stream (240 frames at 2 fps from 0 s, played at "
+                    f"2 fps), less than the run's 200 s; the camera stops there"]
 
 
 @pytest.mark.parametrize("body, why", [

@@ -15,6 +15,7 @@ import csv
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -168,6 +169,26 @@ class RecordedSource:
         return ("recorded", os.path.abspath(self.path), st.st_mtime_ns, st.st_size, self.spec.start,
                 self.native_fps, self.fps, self.size)
 
+    @property
+    def stream_seconds(self) -> float:
+        """Stream seconds the run plays of it."""
+        return self.num_frames / self.fps
+
+    def check_length(self, window: float, duration: float, log: Callable[[str], None] = print) -> None:
+        """A :class:`VideoError` when the run plays less than one retraining
+        ``window`` of it (no job could ever run), a warning when less than
+        ``duration`` (the camera stops early), both saying what it gives."""
+        n = self.native_frames
+        gives = (f"gives {self.stream_seconds:g} s of stream ({n} frame{'s' * (n != 1)} at "
+                 f"{self.native_fps:g} fps from {self.spec.start:g} s, played at {self.fps:g} fps)")
+        if self.stream_seconds < window - 1e-9:
+            raise self._error(f"{gives}, less than one retraining window ({window:g} s), so no job "
+                              f"could ever train on it: check its frame rate (the source's fps) or set a "
+                              f"shorter window in a config")
+        if self.stream_seconds < duration - 1e-9 and not self.spec.length:
+            log(f"warning: camera {self.camera}: {self.path} {gives}, less than the run's {duration:g} s; "
+                f"the camera stops there")
+
     # -- reading -------------------------------------------------------------
     def _stream_range(self, seconds: float):
         k = 0
@@ -184,6 +205,9 @@ class RecordedSource:
     def _probe_video(self) -> tuple[float, int]:
         if not os.path.exists(self.path):
             raise self._error("not found")
+        if self.path.lower().endswith(IMAGE_EXTENSIONS):
+            raise self._error("is a single image, not a video: put a recording's frames in a directory "
+                              "and give the directory")
         if os.path.getsize(self.path) == 0:
             raise self._error("file is empty")
         cap = cv2.VideoCapture(self.path)
