@@ -185,11 +185,11 @@ def _dashboard_url(ctx) -> str:
 
 def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | None = None,
                progress: bool = True, log: Callable[[str], None] = print,
-               after_tick: Callable[[str, int], None] | None = None) -> pd.DataFrame:
+               after_tick: Callable[[str, int], None] | None = None, resume: bool = False) -> pd.DataFrame:
     """Run every strategy of ``cfg`` at once on the Ray cluster ``ray.init``
-    connected to; same outputs as :func:`driftlab.platform.runner.run_inline`.
-    ``after_tick(strategy, tick)`` is called after each tick (tests use it to
-    inject faults)."""
+    connected to; same outputs (and ``resume``) as
+    :func:`driftlab.platform.runner.run_inline`. ``after_tick(strategy,
+    tick)`` is called after each tick (tests use it to inject faults)."""
     from ray import serve
 
     from driftlab.deployments.teacher import APP_NAME, QUIET, TeacherOptions, deploy_teacher
@@ -239,7 +239,7 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     log(f"{len(strategies)} strategies, {at_once} at a time")
     try:
         sims = [Simulation(cfg, s, fleet, f.part(0), f.part(1)) for s, f in zip(strategies, fleets)]
-        return run_strategies(cfg, sims, out_dir, progress, log, after_tick, at_once=at_once)
+        return run_strategies(cfg, sims, out_dir, progress, log, after_tick, at_once=at_once, resume=resume)
     finally:
         for f in fleets:
             f.close()

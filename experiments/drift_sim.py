@@ -16,6 +16,7 @@ the same numbers for the same seed.
     python experiments/drift_sim.py --strategies periodic,periodic+cp,edgesync,edgesync+cp
     python experiments/drift_sim.py --strategies ams,ams+refit,edgesync-refit,edgesync
     python experiments/drift_sim.py --inline --seed 0,1,2 --out runs/seeds   # mean ± std over seeds
+    python experiments/drift_sim.py --inline --seed 0,1,2 --out runs/seeds --resume  # after a kill
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import pandas as pd
 
 from driftlab.platform.config import (DISTILL_WEIGHTS, ConfigError, SimConfig, config_from_dict, describe_sources,
                                      load_config)
-from driftlab.platform.metrics import format_seed_table, format_table, over_seeds, write_parquet
+from driftlab.platform.metrics import format_seed_table, format_table, over_seeds, write_atomic, write_parquet
 from driftlab.platform.strategies import COMPONENTS, STRATEGIES, parse_strategies
 from driftlab.platform.world import SCENARIOS
 from driftlab.platform.world.recorded import VideoError, expand_source_arg
@@ -56,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                     "(config: sources, which also takes frame directories, offsets, fps)")
     p.add_argument("--labels", help="CSV (frame,label) of ground truth for a single --source")
     p.add_argument("--out", help="directory for Parquet results, plot and config")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the killed run of the same command in --out: finished seeds and "
+                        "strategies are read back, the interrupted strategy runs again")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     ray = p.add_argument_group("Ray")
     ray.add_argument("--inline", action="store_true", help="run in this process, without Ray")
@@ -126,12 +130,31 @@ Runner = Callable[[SimConfig, "str | None"], pd.DataFrame]
 
 
 def make_runner(cfg: SimConfig, args: argparse.Namespace) -> Runner:
-    """``run(cfg, out_dir) -> summary``, inline or on Ray (started once for every seed)."""
-    progress = not args.no_progress
+    """``run(cfg, out_dir) -> summary``, inline or on Ray (started once for
+    every seed, and only when a seed is left to run); with ``--resume`` a
+    seed that finished in ``out_dir`` is read back."""
+    from driftlab.platform.runner import finished_summary
+
+    started = []
+
+    def run(c: SimConfig, out: str | None) -> pd.DataFrame:
+        done = finished_summary(c, out) if args.resume and out else None
+        if done is not None:
+            print(f"resuming {out}: finished before", flush=True)
+            return done
+        if not started:
+            started.append(start_runner(cfg, args))
+        return started[0](c, out)
+    return run
+
+
+def start_runner(cfg: SimConfig, args: argparse.Namespace) -> Callable[[SimConfig, "str | None"], pd.DataFrame]:
+    """The inline runner, or Ray started (or joined) for the runs."""
+    progress, resume = not args.no_progress, args.resume
     if args.inline:
         from driftlab.platform.runner import run_inline
 
-        return lambda c, out: run_inline(c, out_dir=out, progress=progress)
+        return lambda c, out: run_inline(c, out_dir=out, progress=progress, resume=resume)
     from driftlab.actors.runner import RayOptions, run_on_ray, start_ray
 
     opts = RayOptions(address=args.address, num_cpus=args.num_cpus, cameras_per_actor=args.cameras_per_actor,
@@ -141,7 +164,7 @@ def make_runner(cfg: SimConfig, args: argparse.Namespace) -> Runner:
                       strategies_at_once=args.strategies_at_once)
     url = start_ray(cfg, opts)
     print(f"Ray dashboard: {url or 'not running (install ray[default])'}", flush=True)
-    return lambda c, out: run_on_ray(c, opts, out_dir=out, progress=progress)
+    return lambda c, out: run_on_ray(c, opts, out_dir=out, progress=progress, resume=resume)
 
 
 def run_seeds(cfg: SimConfig, seeds: list[int], run: Runner, out: str | None) -> pd.DataFrame:
@@ -191,8 +214,7 @@ def write_provenance(cfg: SimConfig, argv: list[str], out: str, commit: str) -> 
         model_cache = "teacher " + hashlib.sha256(f.read()).hexdigest()[:12]
     info = {"command": " ".join(["python experiments/drift_sim.py", *argv]), "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "model_cache": model_cache}
-    with open(os.path.join(out, "run.json"), "w") as f:
-        json.dump(info, f, indent=1)
+    write_atomic(os.path.join(out, "run.json"), json.dumps(info, indent=1))
 
 
 def main(argv=None) -> int:
@@ -202,6 +224,8 @@ def main(argv=None) -> int:
     try:
         if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
             raise ConfigError(f"--out {args.out} is a file; give a directory for the results")
+        if args.resume and not args.out:
+            raise ConfigError("--resume continues the run in --out DIR; give --out")
         cfg, seeds = resolve_config(args)
         t0 = time.time()
         print(f"driftlab: {len(cfg.strategies)} strategies x {cfg.cameras} cameras, "

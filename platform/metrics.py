@@ -1,20 +1,29 @@
 """Results of a simulation: per-frame and per-job tables, the summary, the plot.
 
 :class:`ResultSink` collects rows as the run goes and rewrites its Parquet files
-atomically after every window, so a crash loses at most the current window.
+atomically after every window, so a crash loses at most the current window;
+each finished strategy is recorded in ``progress.json``, which a resumed run
+(``drift_sim.py --resume``) reads to skip it. Every file here is written
+whole or not at all (:func:`write_atomic`).
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ResultSink", "summarize", "reaction_time", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
+__all__ = ["ResultSink", "PROGRESS", "write_atomic", "summarize", "reaction_time", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
            "over_seeds", "format_seed_table",
            "detection_map", "segment_iou", "THUMOS_TIOUS", "write_parquet"]
+
+PROGRESS = "progress.json"
+"""The strategies of a run that finished, with what their summary needs
+beyond the frame and job rows: ``{"done": {strategy: {"frames_uploaded": n,
+"label_gpu_s": s}}}``."""
 
 SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "reaction_s",
                    "frames_uploaded", "label_gpu_s", "train_gpu_s", "jobs"]
@@ -26,17 +35,47 @@ class ResultSink:
     order whatever order they arrived in. With ``classes`` (the task's
     class names) the frames file also has ``label_name`` and ``pred_name``,
     and every file carries the names in its Parquet metadata
-    (``driftlab.classes``, a JSON list)."""
+    (``driftlab.classes``, a JSON list). With ``resume``, the rows and
+    figures of the strategies ``out_dir``'s :data:`PROGRESS` records as
+    finished are read back (:attr:`done`); the rest start empty."""
 
-    def __init__(self, out_dir: str | None, strategies: list[str], classes: tuple[str, ...] | None = None):
+    def __init__(self, out_dir: str | None, strategies: list[str], classes: tuple[str, ...] | None = None,
+                 resume: bool = False):
         self.out_dir, self.classes = out_dir, classes
         self._frames: dict[str, list[pd.DataFrame]] = {s: [] for s in strategies}
         self._jobs: dict[str, list[dict]] = {s: [] for s in strategies}
         self._lock = threading.RLock()
         self.uploads: dict[str, int] = {}
         self.label_gpu_s: dict[str, float] = {}
+        self.done: dict[str, dict] = {}
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
+            if resume and os.path.exists(os.path.join(out_dir, PROGRESS)):
+                self._read_back()
+
+    def _read_back(self) -> None:
+        with open(os.path.join(self.out_dir, PROGRESS)) as f:
+            done = {s: v for s, v in json.load(f)["done"].items() if s in self._frames}
+        if not done:
+            return
+        frames = pd.read_parquet(os.path.join(self.out_dir, "frames.parquet"))
+        jobs = pd.read_parquet(os.path.join(self.out_dir, "jobs.parquet"))
+        frames = frames.drop(columns=["label_name", "pred_name"], errors="ignore")
+        for s, figures in done.items():
+            self._frames[s] = [frames[frames.strategy == s].reset_index(drop=True)]
+            self._jobs[s] = jobs[jobs.strategy == s].to_dict("records")
+            self.uploads[s], self.label_gpu_s[s] = figures["frames_uploaded"], figures["label_gpu_s"]
+        self.done = done
+
+    def finish(self, strategy: str, uploads: int, label_gpu_s: float) -> None:
+        """``strategy`` ran to its end: its rows are flushed, then it is
+        recorded as done (never the other way round)."""
+        with self._lock:
+            self.uploads[strategy], self.label_gpu_s[strategy] = uploads, label_gpu_s
+            self.flush()
+            self.done[strategy] = {"frames_uploaded": int(uploads), "label_gpu_s": float(label_gpu_s)}
+            if self.out_dir:
+                write_atomic(os.path.join(self.out_dir, PROGRESS), json.dumps({"done": self.done}, indent=1))
 
     def add(self, strategy: str, logs: list, jobs: list) -> None:
         """One tick of ``strategy``: its cameras' :class:`FrameLog` and the jobs it started."""
@@ -83,6 +122,19 @@ class ResultSink:
         return summarize(self.frames(), self.jobs(), strategies, self.uploads, self.label_gpu_s)
 
 
+def write_atomic(path: str, content: str | Callable[[str], None]) -> None:
+    """Write ``content`` (text, or a function writing a file at the path it
+    is given) whole next to ``path``, then rename it over ``path``: a kill
+    at any moment leaves the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp"
+    if callable(content):
+        content(tmp)
+    else:
+        with open(tmp, "w") as f:
+            f.write(content)
+    os.replace(tmp, path)
+
+
 def write_parquet(df: pd.DataFrame, path: str, classes: tuple[str, ...] | None = None) -> None:
     """Write ``df`` to ``path`` atomically (a crash leaves the old file
     whole), with the task's ``classes`` in its metadata (``driftlab.classes``)."""
@@ -93,9 +145,7 @@ def write_parquet(df: pd.DataFrame, path: str, classes: tuple[str, ...] | None =
     if classes:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                b"driftlab.classes": json.dumps(list(classes)).encode()})
-    tmp = f"{path}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def summarize(frames: pd.DataFrame, jobs: pd.DataFrame, strategies: list[str],
@@ -223,7 +273,7 @@ def plot_accuracy(frames: pd.DataFrame, path: str, bin_s: float = 20.0, title: s
     ax.legend(loc="lower left", ncol=5, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 import yaml
 
-from .config import SimConfig, config_to_dict, describe_sources
-from .metrics import ResultSink, plot_accuracy, write_parquet
+from .config import ConfigError, SimConfig, config_to_dict, describe_sources
+from .metrics import ResultSink, plot_accuracy, write_atomic, write_parquet
 from .models import default_device, load_teacher_weights, predict
 from .sim import Fleet, Simulation, inline_simulation
 from .strategies import parse_strategies
@@ -28,7 +28,8 @@ from .world.recorded import RecordedSource, SourceSpec, open_recording
 from .zoo import (StudentJob, TrainStudents, given_student, initial_students, load_teacher_genkd,
                   teacher_genkd_checkpoint, train_students_here, with_teacher_weights)
 
-__all__ = ["build_sources", "label_recordings", "build_fleet", "run_inline", "run_strategies", "set_determinism"]
+__all__ = ["build_sources", "label_recordings", "build_fleet", "run_inline", "run_strategies", "finished_summary",
+           "set_determinism"]
 
 
 def set_determinism(threads: int | None = None) -> None:
@@ -118,29 +119,61 @@ def build_fleet(cfg: SimConfig, log: Callable[[str], None] = print,
 
 
 def run_inline(cfg: SimConfig, out_dir: str | None = None, progress: bool = True,
-               log: Callable[[str], None] = print, fleet: Fleet | None = None) -> pd.DataFrame:
+               log: Callable[[str], None] = print, fleet: Fleet | None = None, resume: bool = False) -> pd.DataFrame:
     """Run every strategy of ``cfg`` in this process; write results to ``out_dir``;
-    return the summary."""
+    return the summary. With ``resume``, the strategies a killed run of the
+    same config finished in ``out_dir`` are read back, not run again."""
     strategies = parse_strategies(cfg)
     set_determinism()
     fleet = fleet or build_fleet(cfg, log)
-    return run_strategies(cfg, [inline_simulation(cfg, s, fleet) for s in strategies], out_dir, progress, log)
+    return run_strategies(cfg, [inline_simulation(cfg, s, fleet) for s in strategies], out_dir, progress, log,
+                          resume=resume)
+
+
+def _check_resumable(cfg: SimConfig, out_dir: str) -> None:
+    """A :class:`ConfigError` when ``out_dir`` holds a run of another config."""
+    path = os.path.join(out_dir, "config.yaml")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old, new = yaml.safe_load(f) or {}, config_to_dict(cfg)
+    differs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differs:
+        raise ConfigError(f"cannot resume: {out_dir} holds a run of another config (it differs in "
+                          f"{', '.join(differs)}); run the same command, or give a new --out")
+
+
+def finished_summary(cfg: SimConfig, out_dir: str) -> pd.DataFrame | None:
+    """The summary a finished run of ``cfg`` left in ``out_dir``; None when
+    it has none (never started, or killed before its end)."""
+    _check_resumable(cfg, out_dir)
+    path = os.path.join(out_dir, "summary.parquet")
+    return pd.read_parquet(path) if os.path.exists(path) else None
 
 
 def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None = None, progress: bool = True,
                    log: Callable[[str], None] = print,
-                   after_tick: Callable[[str, int], None] | None = None, at_once: int = 1) -> pd.DataFrame:
+                   after_tick: Callable[[str, int], None] | None = None, at_once: int = 1,
+                   resume: bool = False) -> pd.DataFrame:
     """Play the strategies' simulations, ``at_once`` at a time (inline one
     after another; on Ray each strategy's fleet at the same time), streaming
     their ticks into one :class:`ResultSink` that is flushed to Parquet every
     window; write the summary and the plot; return the summary. The results
     are the same whatever ``at_once`` is. ``after_tick(strategy, tick)`` runs
-    after each tick (tests inject faults there)."""
+    after each tick (tests inject faults there). With ``resume`` (and
+    ``out_dir``), strategies that ``out_dir`` records as finished are read
+    back instead of run; an interrupted one runs again from its start (a
+    strategy's state, models and queues included, is not checkpointed)."""
     names = [sim.strategy.name for sim in sims]
-    sink = ResultSink(out_dir, names, cfg.classes)
+    if out_dir and resume:
+        _check_resumable(cfg, out_dir)
+    sink = ResultSink(out_dir, names, cfg.classes, resume=resume)
     if out_dir:
-        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+        write_atomic(os.path.join(out_dir, "config.yaml"), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    if sink.done:
+        log(f"resuming {out_dir}: {', '.join(sink.done)} finished before; running "
+            f"{', '.join(n for n in names if n not in sink.done) or 'nothing'}")
+        sims = [sim for sim in sims if sim.strategy.name not in sink.done]
     window_ticks = max(1, int(round(cfg.window / cfg.tick)))
 
     def play(position: int, sim: Simulation) -> None:
@@ -155,12 +188,11 @@ def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None =
                 bar.update(1)
             if after_tick is not None:
                 after_tick(name, k)
-        sink.uploads[name], sink.label_gpu_s[name] = sim.manager.stats()
+        sink.finish(name, *sim.manager.stats())
         if bar is not None:
             bar.close()
         else:
             log(f"{name:>9}: done in {time.time() - started:.0f} s")
-        sink.flush()
 
     if at_once <= 1:  # in this thread: torch's settings are this thread's
         for i, sim in enumerate(sims):

@@ -170,6 +170,45 @@ def test_several_seeds_run_each_and_report_mean_and_std(tiny_cfg, tmp_path):
     assert bad.returncode == 2 and "no summary.parquet" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_a_killed_multi_seed_run_resumes_to_the_uninterrupted_summary(tiny_cfg, tmp_path):
+    import signal
+    import time
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(config_to_dict(tiny_cfg(duration=80.0))))
+    argv = ["--inline", "--config", str(cfg), "--seed", "4,5", "--strategies", "static,periodic,edgesync",
+            "--no-progress"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run(*argv, "--out", str(whole)).returncode == 0
+
+    def kill_when(path: pathlib.Path, *more: str):
+        """Start the run, SIGKILL it as soon as ``path`` (a progress record) exists."""
+        proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "drift_sim.py"), *argv,
+                                 "--out", str(killed), *more], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.time() + 300
+        while not path.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+
+    kill_when(killed / "seed-4" / "progress.json")   # seed 4: static done, periodic under way
+    assert not (killed / "seed-4" / "summary.parquet").exists()
+    kill_when(killed / "seed-5" / "progress.json", "--resume")   # seed 4 finished, seed 5 under way
+    assert (killed / "seed-4" / "summary.parquet").exists() and not (killed / "seed-5" / "summary.parquet").exists()
+    out = run(*argv, "--out", str(killed), "--resume")
+    assert out.returncode == 0, out.stderr
+    assert f"resuming {killed / 'seed-4'}: finished before" in out.stdout
+    assert f"resuming {killed / 'seed-5'}: static finished before" in out.stdout
+    for name in ("summary_by_seed.parquet", "summary_over_seeds.parquet", "seed-4/frames.parquet",
+                 "seed-5/frames.parquet", "seed-5/jobs.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(whole / name), pd.read_parquet(killed / name))
+    assert not list(killed.rglob("*.tmp"))
+    other = run(*argv[:3], "--seed", "4,5", "--strategies", "static", "--no-progress", "--out", str(killed),
+                "--resume")
+    assert other.returncode == 2 and "cannot resume" in other.stderr and "differs in strategies" in other.stderr
+
+
 def test_calibrate_writes_costs_drift_sim_reads(tmp_path):
     cfg_file = tmp_path / "mine.yaml"
     cfg_file.write_text("student: {arch: shufflenet_v2_x0_5}\nworld: {size: 32}\nduration: 60\n")
