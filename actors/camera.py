@@ -12,23 +12,25 @@ as Ray metrics.
 
 Every call answers ``(status, payload)`` as two objects: the driver reads the
 small status and passes the payload on by reference (a group's uploads go to
-the manager actor without passing through the driver).
+the manager actor without passing through the driver, as an :class:`Answer`).
 
 Crash recovery by deterministic replay: a group's state is a pure function of
 the calls it received (start, deploy, run, upload), so the driver keeps that
 call log (:class:`CameraProxy`) and, when the actor comes back from a restart
 (its node lost, or the process killed), replays it before going on. The
 restarted cameras resume at exactly the frame and model where the old ones
-stopped; nothing already reported is redone.
+stopped; nothing already reported is redone. A payload lost with its node
+before it was read is asked for again the same way (:meth:`CameraProxy.renew`).
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from driftlab.platform.camera import CameraGroup, build_camera
 from driftlab.platform.config import SimConfig
@@ -38,11 +40,11 @@ from driftlab.platform.server import Deployment
 from driftlab.platform.strategies import Strategy
 from driftlab.platform.world import FrameSource
 
-__all__ = ["CameraGroupActor", "CameraProxy", "RayCameras", "STALE"]
+__all__ = ["CameraGroupActor", "CameraProxy", "Answer", "RayCameras", "STALE"]
 
 STALE = "stale"  # status of a call whose sequence number the actor did not expect
 _OK = "ok"
-_LABEL_TRIES = 8
+_LABEL_WAIT_S = 300.0  # how long a camera waits out the teacher's replicas (restarts, a lost node)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -122,17 +124,20 @@ class CameraGroupActor:
     def _label_all(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """The teacher's logits (and attention) on each camera's picks, asked
         over Serve all at once, as the inline teacher gives them (not the
-        labels and confidences it adds for clients); a replica restart is
-        waited out (labelling is a pure function: asking again is safe)."""
-        for attempt in range(_LABEL_TRIES):
+        labels and confidences it adds for clients); replica restarts and
+        lost nodes are waited out for up to :data:`_LABEL_WAIT_S` (labelling
+        is a pure function: asking again is safe)."""
+        deadline, attempt = time.monotonic() + _LABEL_WAIT_S, 0
+        while True:
             try:
                 asked = [self.teacher.label.remote(im) for im in images]
                 return [{k: v for k, v in a.result().items() if k not in ("labels", "confidences")}
                         for a in asked]
             except (RayActorError, RayTaskError, RuntimeError):
-                if attempt == _LABEL_TRIES - 1:
+                if time.monotonic() > deadline:
                     raise
                 time.sleep(min(4.0, 0.5 * 2 ** attempt))
+                attempt += 1
 
     def _tags(self, camera: int) -> dict[str, str]:
         return {"camera": str(camera), "strategy": self.strategy.name}
@@ -168,10 +173,18 @@ class CameraProxy:
                     return payload
             except RayActorError:
                 pass
-            self.recoveries += 1
-            if self.recoveries > self.max_recoveries:
-                raise RuntimeError(f"camera-group actor lost {self.recoveries} times; giving up")
-            refs = self._replay()
+            refs = self._recover()
+
+    def renew(self) -> ray.ObjectRef:
+        """The latest call's answer again, its object having been lost with
+        its node: the restarted actor is replayed and asked again."""
+        return self.result(self._recover())
+
+    def _recover(self) -> tuple[ray.ObjectRef, ray.ObjectRef]:
+        self.recoveries += 1
+        if self.recoveries > self.max_recoveries:
+            raise RuntimeError(f"camera-group actor lost {self.recoveries} times; giving up")
+        return self._replay()
 
     def _replay(self) -> tuple[ray.ObjectRef, ray.ObjectRef]:
         """Replay every call but the last into the restarted actor, then resend the last."""
@@ -184,6 +197,19 @@ class CameraProxy:
             if STALE in replies:
                 raise RuntimeError("camera-group actor was not fresh when replayed")
             return self._send(len(self.calls) - 1)
+
+
+@dataclass
+class Answer:
+    """A group's answer to its latest call, by reference: what
+    ``RayCameras.foreach(..., fetch=False)`` hands the manager."""
+
+    ref: ray.ObjectRef
+    proxy: CameraProxy
+
+    def renew(self) -> None:
+        """Ask the group again (the object was lost with its node)."""
+        self.ref = self.proxy.renew()
 
 
 class RayCameras:
@@ -206,10 +232,18 @@ class RayCameras:
 
     def foreach(self, method: str, *args, fetch: bool = True) -> list:
         sent = [p.submit(method, *args) for p in self.proxies]
-        payloads = [p.result(refs) for p, refs in zip(self.proxies, sent)]
+        answers = [Answer(p.result(refs), p) for p, refs in zip(self.proxies, sent)]
         if not fetch:
-            return payloads
-        return [x for part in ray.get(payloads) if part is not None for x in part]
+            return answers
+        return [x for a in answers for x in (self._get(a) or [])]
+
+    @staticmethod
+    def _get(answer: Answer):
+        while True:
+            try:
+                return ray.get(answer.ref)
+            except ObjectLostError:
+                answer.renew()
 
     def deploy(self, deployments: list[Deployment]) -> None:
         # The weights stay a reference (Ray resolves it in the actor); the

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 import ray
+from ray.exceptions import ObjectLostError
 
 from driftlab.platform.config import SimConfig
 from driftlab.platform.models import build_student, default_device
@@ -54,10 +55,20 @@ class ManagerActor:
         self.name = strategy.name
         self.fleet.start(strategy)
 
-    def submit(self, now: float, uploads: list) -> None:
-        """One upload round: references to each camera's upload (or ``None``), in camera order."""
-        self.fleet.submit(now, ray.get(uploads))
-        self._queue.set(len(self.fleet.manager.pending), {"strategy": self.name})
+    def submit(self, now: float, uploads: list) -> list[int]:
+        """One upload round: a reference to each group's uploads, in camera
+        order. Applied whole or not at all: the groups whose uploads were lost
+        with their node are returned (the driver has them asked again)."""
+        got, lost = [], []
+        for i, ref in enumerate(uploads):
+            try:
+                got.append(ray.get(ref))
+            except ObjectLostError:
+                lost.append(i)
+        if not lost:
+            self.fleet.submit(now, got)
+            self._queue.set(len(self.fleet.manager.pending), {"strategy": self.name})
+        return lost
 
     def serve(self, until: float) -> list[Deployment]:
         """Run every job the strategy schedules before ``until``."""
@@ -89,7 +100,10 @@ class RayManager:
         ray.get(self.actor.start.remote(strategy))
 
     def submit(self, now: float, uploads: list) -> None:
-        ray.get(self.actor.submit.remote(now, uploads))
+        """``uploads``: each group's :class:`~driftlab.actors.camera.Answer`."""
+        while lost := ray.get(self.actor.submit.remote(now, [u.ref for u in uploads])):
+            for i in lost:
+                uploads[i].renew()
 
     def serve(self, until: float) -> list[Deployment]:
         return ray.get(self.actor.serve.remote(until))

@@ -26,6 +26,7 @@ import pandas as pd
 import ray
 import torch
 from ray import cloudpickle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from driftlab.platform.config import SimConfig
 from driftlab.platform.models import default_device
@@ -40,8 +41,8 @@ from .camera import CameraGroupActor, CameraProxy, RayCameras
 from .manager import ManagerActor, RayManager
 from .trainer import TrainPool
 
-__all__ = ["NAMESPACE", "WORKER_ENV", "RayOptions", "ResourceError", "start_ray", "plan_resources", "group_size", "run_on_ray",
-           "train_students_on_ray"]
+__all__ = ["NAMESPACE", "WORKER_ENV", "RayOptions", "ResourceError", "start_ray", "start_local_cluster",
+           "plan_resources", "group_size", "run_on_ray", "train_students_on_ray"]
 
 NAMESPACE = "driftlab"
 # Every process of a run (camera groups, the teacher, Train workers) runs
@@ -171,6 +172,23 @@ def start_ray(cfg: SimConfig, opts: RayOptions) -> str:
     return _dashboard_url(ctx)
 
 
+def start_local_cluster(nodes: int, cpus_per_node: float):
+    """A local ``nodes``-node Ray cluster on this machine (``ray.cluster_utils.Cluster``:
+    a head and ``nodes - 1`` worker nodes of ``cpus_per_node`` logical CPUs
+    each), connected to; returns the cluster (``remove_node``, ``shutdown``)."""
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=cpus_per_node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="warning",
+             runtime_env={"env_vars": WORKER_ENV})
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    return cluster
+
+
 def _dashboard_url(ctx) -> str:
     url = getattr(ctx, "dashboard_url", "") or ""
     if not url:
@@ -216,6 +234,15 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
                             f"within {_TRAIN_START_S} s: no node has that much free. Lower --train-workers "
                             f"or add nodes.")
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    # The managers hold each strategy's server state: they live on the
+    # driver's node (a cluster's head), which outlives worker nodes.
+    here = ray.get_runtime_context().get_node_id()
+    here_cpus = next(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here)
+    if here_cpus < at_once * _MANAGER_CPUS:
+        raise ResourceError(f"the driver's node has {here_cpus:g} CPUs; the managers of {at_once} strategies at "
+                            f"once need {at_once * _MANAGER_CPUS:g} there. Give the head CPUs or lower "
+                            f"--strategies-at-once.")
+    on_driver_node = NodeAffinitySchedulingStrategy(here, soft=False)
     shards = shard(cfg.cameras, opts.cameras_per_actor or group_size(cfg.cameras, nodes))
     # Constructor arguments stay referenced for the whole run: a restarted
     # group actor is built from them again.
@@ -231,7 +258,8 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
             num_gpus=opts.gpus_per_camera * len(cams), scheduling_strategy="SPREAD",
         ).remote(list(cams), [sources[id(fleet.sources[c])] for c in cams], [states[c] for c in cams],
                  cfg, teacher)) for g, cams in enumerate(shards)]
-        manager = ManagerActor.options(name=f"{strategy.name}/manager", num_cpus=_MANAGER_CPUS).remote(
+        manager = ManagerActor.options(name=f"{strategy.name}/manager", num_cpus=_MANAGER_CPUS,
+                                       scheduling_strategy=on_driver_node).remote(
             cfg, states, pool.client(), fleet.teacher_cvae)
         return RayCameras(groups, shards), RayManager(manager, log)
 

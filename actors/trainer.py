@@ -12,24 +12,29 @@ Train device (a GPU when the pool has one) and sends back the new weights.
 Each manager talks to the pool through its own :class:`TrainClient` (queue
 handles, picklable): the pool forwards each worker message to the client
 whose job it is, so the managers of strategies running at once share it. A job that raises is retried once, then reported as
-failed (``None``) and the simulation goes on. If a worker dies, Ray Train
-restarts the worker group (``FailureConfig``) and each client re-queues its
-jobs the dead workers had started.
+failed (``None``) and the simulation goes on. If a worker dies (its process
+killed, its node lost), Ray Train restarts the worker group
+(``FailureConfig``) and each client runs again the jobs the dead workers had
+started or whose weights died with them. The queues live on the driver's
+node, as Ray Train's controller does.
 """
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 import ray
-from ray.util.queue import Queue
+from ray.exceptions import ObjectLostError
+from ray.util.queue import Empty, Queue
 
 __all__ = ["TrainPool", "TrainClient", "TrainPoolError"]
 
 _ATTEMPTS = 2  # a failed job is retried once
+_POLL_S = 0.02  # how often an idle worker looks for a job
 
 
 class TrainPoolError(RuntimeError):
@@ -47,7 +52,13 @@ def _worker_loop(config: dict) -> None:
     jobs, results, me = config["jobs"], config["results"], uuid.uuid4().hex
     results.put(("hello", me, None, None))
     while True:
-        item = jobs.get()
+        # Polled, not a blocking get: a worker killed while blocked in get()
+        # would leave its call waiting in the queue actor, to swallow the next job.
+        try:
+            item = jobs.get_nowait()
+        except Empty:
+            time.sleep(_POLL_S)
+            continue
         if item is None:
             jobs.put(None)  # let the other workers see the end too
             return
@@ -99,8 +110,14 @@ class TrainClient:
                 continue  # a message of an earlier batch or a duplicate
             if kind == "done":
                 [state_ref], fit_result = payload
-                out[job_id] = (ray.get(state_ref), fit_result)
-            elif kind in ("error", "lost"):
+                try:
+                    out[job_id] = (ray.get(state_ref), fit_result)
+                except ObjectLostError:   # its worker (the weights' owner) died since: run it again
+                    self.jobs.put((job_id, inputs[job_id]))
+            elif kind == "lost":   # its worker died under it: not the job's fault, run it again
+                log(f"train job {job_id}: {payload}; running it again")
+                self.jobs.put((job_id, inputs[job_id]))
+            elif kind == "error":
                 self._retry(job_id, inputs, attempts, out, payload, log)
         return [out[i] for i in ids]
 
@@ -114,6 +131,15 @@ class TrainClient:
             log(msg)
             self.failures.append(msg)
             out[job_id] = None
+
+
+def _queue() -> Queue:
+    """A queue on this process's node (the driver's, which outlives worker
+    nodes), taking no CPU."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
 class TrainPool:
@@ -133,8 +159,7 @@ class TrainPool:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        opts = {"num_cpus": 0}
-        self.jobs, self.results = Queue(actor_options=opts), Queue(actor_options=opts)
+        self.jobs, self.results = _queue(), _queue()
         self.num_workers = num_workers
         self._trainer = TorchTrainer(
             _worker_loop,
@@ -167,7 +192,7 @@ class TrainPool:
 
     def client(self) -> TrainClient:
         """A new client with its own results queue (one per manager)."""
-        queue = Queue(actor_options={"num_cpus": 0})
+        queue = _queue()
         prefix = uuid.uuid4().hex[:8]
         with self._lock:
             self._clients[prefix] = queue

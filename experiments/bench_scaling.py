@@ -39,7 +39,7 @@ import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 import ray  # noqa: E402
 
-from driftlab.actors.runner import (NAMESPACE, WORKER_ENV, RayOptions, group_size, plan_resources, run_on_ray,  # noqa: E402
+from driftlab.actors.runner import (RayOptions, group_size, plan_resources, run_on_ray, start_local_cluster,  # noqa: E402
                                     start_ray, train_students_on_ray)
 from driftlab.platform.config import SimConfig  # noqa: E402
 from driftlab.platform.metrics import write_parquet  # noqa: E402
@@ -93,19 +93,6 @@ class NodeUsage:
         self._stop.set()
         self._thread.join()
         return self.peak, self.cpu_s()
-
-
-def start_cluster(nodes: int, cpus: int):
-    """A local ``nodes``-node Ray cluster (the head holds no cameras' CPUs of its own)."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus})
-    for _ in range(nodes - 1):
-        cluster.add_node(num_cpus=cpus)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="warning",
-             runtime_env={"env_vars": WORKER_ENV})
-    return cluster
 
 
 def bench_config(n: int, args) -> SimConfig:
@@ -183,7 +170,7 @@ def main() -> None:
     opts = RayOptions(cameras_per_actor=args.cameras_per_actor)
     if args.nodes > 1:  # logical CPUs for the largest fleet, as the embedded Ray sizes itself
         need = plan_resources(SimConfig(cameras=max(counts)), opts, {"CPU": math.inf, "GPU": math.inf})["CPU"]
-        cluster = start_cluster(args.nodes, math.ceil(need / args.nodes) + 1)
+        cluster = start_local_cluster(args.nodes, math.ceil(need / args.nodes) + 1)
     else:
         start_ray(SimConfig(cameras=max(counts), strategies=(args.strategy,)), opts)
     rows = []

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import ray
 
-from driftlab.actors.runner import NAMESPACE, WORKER_ENV, RayOptions, group_size, run_on_ray
+from driftlab.actors.runner import RayOptions, group_size, run_on_ray, start_local_cluster
 from driftlab.platform.camera import CameraGroup, build_camera, shard
 from driftlab.platform.models import build_student, clone
 from driftlab.platform.runner import build_fleet, run_inline
@@ -66,13 +66,7 @@ def test_per_camera_state_stays_bounded(tiny_cfg):
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
-    cluster.add_node(num_cpus=3)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="warning",
-             runtime_env={"env_vars": WORKER_ENV})
+    cluster = start_local_cluster(2, 3)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
