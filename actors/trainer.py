@@ -34,7 +34,7 @@ from ray.util.queue import Empty, Queue
 __all__ = ["TrainPool", "TrainClient", "TrainPoolError"]
 
 _ATTEMPTS = 2  # a failed job is retried once
-_POLL_S = 0.02  # how often an idle worker looks for a job
+_POLL_S = 0.05  # how often an idle worker looks for a job (seconds)
 
 
 class TrainPoolError(RuntimeError):
