@@ -45,6 +45,7 @@ __all__ = ["CameraGroupActor", "CameraProxy", "Answer", "RayCameras", "STALE"]
 STALE = "stale"  # status of a call whose sequence number the actor did not expect
 _OK = "ok"
 _LABEL_WAIT_S = 300.0  # how long a camera waits out the teacher's replicas (restarts, a lost node)
+_LABEL_TRIES = 8  # other failures (a replica's own error) are asked again this often
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -124,20 +125,21 @@ class CameraGroupActor:
     def _label_all(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """The teacher's logits (and attention) on each camera's picks, asked
         over Serve all at once, as the inline teacher gives them (not the
-        labels and confidences it adds for clients); replica restarts and
-        lost nodes are waited out for up to :data:`_LABEL_WAIT_S` (labelling
-        is a pure function: asking again is safe)."""
+        labels and confidences it adds for clients). Replicas lost (killed,
+        their node gone) are waited out for up to :data:`_LABEL_WAIT_S`,
+        other failures asked again :data:`_LABEL_TRIES` times (labelling is
+        a pure function: asking again is safe)."""
         deadline, attempt = time.monotonic() + _LABEL_WAIT_S, 0
         while True:
             try:
                 asked = [self.teacher.label.remote(im) for im in images]
                 return [{k: v for k, v in a.result().items() if k not in ("labels", "confidences")}
                         for a in asked]
-            except (RayActorError, RayTaskError, RuntimeError):
-                if time.monotonic() > deadline:
+            except (RayActorError, RayTaskError, RuntimeError) as e:
+                attempt += 1
+                if time.monotonic() > deadline or (not isinstance(e, RayActorError) and attempt >= _LABEL_TRIES):
                     raise
                 time.sleep(min(4.0, 0.5 * 2 ** attempt))
-                attempt += 1
 
     def _tags(self, camera: int) -> dict[str, str]:
         return {"camera": str(camera), "strategy": self.strategy.name}

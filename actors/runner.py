@@ -117,7 +117,7 @@ class RayOptions:
             raise ResourceError(str(e)) from None
 
 
-_TEACHER_CPUS, _MANAGER_CPUS, _TRAIN_CPUS = 0.5, 0.25, 1.0
+_TEACHER_CPUS, _TRAIN_CPUS = 0.5, 1.0   # a manager reserves none (it lives on the driver's node)
 _TRAIN_START_S = 300
 _MAX_PER_ACTOR = 32  # one process infers ~100 cameras at 2 fps in real time on one core
 def group_size(cameras: int, nodes: int = 1) -> int:
@@ -129,15 +129,14 @@ def group_size(cameras: int, nodes: int = 1) -> int:
 
 def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float],
                    fleets: int = 1) -> dict[str, float]:
-    """What the run reserves, per part, with ``fleets`` strategies' fleets
-    (camera groups and manager) at once; a :class:`ResourceError` naming the
+    """What the run reserves, per part, with ``fleets`` strategies' camera
+    groups at once (their managers reserve nothing); a :class:`ResourceError` naming the
     shortfall when ``available`` (the cluster's resources) cannot hold it."""
     has_gpu = available.get("GPU", 0) > 0
     teacher_gpus = opts.teacher_gpus if opts.teacher_gpus is not None else (0.25 if has_gpu else 0.0)
     train_gpus = opts.train_gpus if opts.train_gpus is not None else (0.5 if has_gpu else 0.0)
     need = {
-        "CPU": fleets * (cfg.cameras * opts.cpus_per_camera + _MANAGER_CPUS)
-        + opts.teacher_replicas * _TEACHER_CPUS + opts.train_workers * _TRAIN_CPUS,
+        "CPU": fleets * cfg.cameras * opts.cpus_per_camera + opts.teacher_replicas * _TEACHER_CPUS + opts.train_workers * _TRAIN_CPUS,
         "GPU": fleets * cfg.cameras * opts.gpus_per_camera + opts.teacher_replicas * teacher_gpus
         + opts.train_workers * train_gpus,
     }
@@ -147,7 +146,7 @@ def plan_resources(cfg: SimConfig, opts: RayOptions, available: dict[str, float]
             raise ResourceError(
                 f"the run needs {amount:g} {res}s but the Ray cluster has {have:g}: "
                 f"{fleets} strategies at once x ({cfg.cameras} cameras x "
-                f"{getattr(opts, f'{res.lower()}s_per_camera'):g} + the manager), "
+                f"{getattr(opts, f'{res.lower()}s_per_camera'):g}), "
                 f"{opts.teacher_replicas} teacher replica(s) and "
                 f"{opts.train_workers} Train worker(s). Lower --cameras, --strategies or the per-part "
                 f"requests{', or add GPU nodes' if res == 'GPU' else ', or raise --num-cpus'}.")
@@ -235,14 +234,9 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
                             f"or add nodes.")
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     # The managers hold each strategy's server state: they live on the
-    # driver's node (a cluster's head), which outlives worker nodes.
-    here = ray.get_runtime_context().get_node_id()
-    here_cpus = next(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here)
-    if here_cpus < at_once * _MANAGER_CPUS:
-        raise ResourceError(f"the driver's node has {here_cpus:g} CPUs; the managers of {at_once} strategies at "
-                            f"once need {at_once * _MANAGER_CPUS:g} there. Give the head CPUs or lower "
-                            f"--strategies-at-once.")
-    on_driver_node = NodeAffinitySchedulingStrategy(here, soft=False)
+    # driver's node (a cluster's head), which outlives worker nodes, and
+    # reserve no CPU there, so nothing placed before them can keep them out.
+    on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     shards = shard(cfg.cameras, opts.cameras_per_actor or group_size(cfg.cameras, nodes))
     # Constructor arguments stay referenced for the whole run: a restarted
     # group actor is built from them again.
@@ -258,7 +252,7 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
             num_gpus=opts.gpus_per_camera * len(cams), scheduling_strategy="SPREAD",
         ).remote(list(cams), [sources[id(fleet.sources[c])] for c in cams], [states[c] for c in cams],
                  cfg, teacher)) for g, cams in enumerate(shards)]
-        manager = ManagerActor.options(name=f"{strategy.name}/manager", num_cpus=_MANAGER_CPUS,
+        manager = ManagerActor.options(name=f"{strategy.name}/manager", num_cpus=0,
                                        scheduling_strategy=on_driver_node).remote(
             cfg, states, pool.client(), fleet.teacher_cvae)
         return RayCameras(groups, shards), RayManager(manager, log)

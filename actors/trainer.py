@@ -14,8 +14,10 @@ handles, picklable): the pool forwards each worker message to the client
 whose job it is, so the managers of strategies running at once share it. A job that raises is retried once, then reported as
 failed (``None``) and the simulation goes on. If a worker dies (its process
 killed, its node lost), Ray Train restarts the worker group
-(``FailureConfig``) and each client runs again the jobs the dead workers had
-started or whose weights died with them. The queues live on the driver's
+(``FailureConfig``) and each client runs again every job of its batch not
+yet done (the jobs the dead workers held are gone; a job run twice gives
+the same weights, the second answer is dropped), as it does a job whose
+weights died with their worker. The queues live on the driver's
 node, as Ray Train's controller does.
 """
 from __future__ import annotations
@@ -63,7 +65,6 @@ def _worker_loop(config: dict) -> None:
             jobs.put(None)  # let the other workers see the end too
             return
         job_id, [inputs_ref] = item
-        results.put(("start", me, job_id, None))
         try:
             state, fit_result = ray.get(inputs_ref).run(device)
             results.put(("done", me, job_id, ([ray.put(state)], fit_result)))
@@ -79,7 +80,7 @@ class TrainClient:
     Attributes:
         jobs: the pool's queue of ``(job_id, [job ref])`` the workers take from.
         results: this client's own queue of what the pool forwards to it
-            (done, error, lost, dead), so several managers share one pool.
+            (done, error, restart, dead), so several managers share one pool.
         prefix: this client's job-id prefix (the pool routes by it).
     """
 
@@ -106,17 +107,19 @@ class TrainClient:
             kind, job_id, payload = self.results.get()
             if kind == "dead":
                 raise TrainPoolError(f"Ray Train run ended: {payload}")
-            if job_id not in inputs or job_id in out:
+            if kind != "restart" and (job_id not in inputs or job_id in out):
                 continue  # a message of an earlier batch or a duplicate
-            if kind == "done":
+            if kind == "restart":   # jobs the dead workers held are gone: run every unfinished one again
+                todo = [i for i in ids if i not in out]
+                log(f"train jobs: {payload}; running {len(todo)} unfinished job(s) again")
+                for i in todo:
+                    self.jobs.put((i, inputs[i]))
+            elif kind == "done":
                 [state_ref], fit_result = payload
                 try:
                     out[job_id] = (ray.get(state_ref), fit_result)
                 except ObjectLostError:   # its worker (the weights' owner) died since: run it again
                     self.jobs.put((job_id, inputs[job_id]))
-            elif kind == "lost":   # its worker died under it: not the job's fault, run it again
-                log(f"train job {job_id}: {payload}; running it again")
-                self.jobs.put((job_id, inputs[job_id]))
             elif kind == "error":
                 self._retry(job_id, inputs, attempts, out, payload, log)
         return [out[i] for i in ids]
@@ -200,37 +203,31 @@ class TrainPool:
 
     def _dispatch(self) -> None:
         """Forward each worker message to the client whose job it is; when the
-        worker group restarts (more hellos than workers), tell each client
-        which of its started jobs died with it; forward the end of the run to all."""
+        worker group restarts (more hellos than workers), tell every client
+        (the jobs the dead workers held are gone); forward the end of the run to all."""
         workers: set[str] = set()
-        started: dict[str, str] = {}   # job id -> worker
         while True:
             kind, worker, job_id, payload = self.results.get()
             if kind == "closed":
                 return
             if kind == "hello":
                 if len(workers) >= self.num_workers:  # the group restarted
-                    for j in [j for j, w in started.items() if w in workers]:
-                        started.pop(j)
-                        self._forward(j, ("lost", j, "its Train worker died"))
+                    self._broadcast(("restart", None, "the Train worker group restarted (a worker died)"))
                     workers = set()
                 workers.add(worker)
                 if len(workers) >= self.num_workers:
                     self._ready.set()
-                continue
-            if kind == "dead":
+            elif kind == "dead":
                 self._ready.set()  # nothing to wait for any more
-                with self._lock:
-                    clients = list(self._clients.values())
-                for q in clients:
-                    q.put(("dead", None, payload))
-                continue
-            if kind == "start":  # the pool's to know, not the client's
-                workers.add(worker)
-                started[job_id] = worker
-                continue
-            started.pop(job_id, None)
-            self._forward(job_id, (kind, job_id, payload))
+                self._broadcast(("dead", None, payload))
+            else:
+                self._forward(job_id, (kind, job_id, payload))
+
+    def _broadcast(self, message: tuple) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+        for q in clients:
+            q.put(message)
 
     def _forward(self, job_id: str, message: tuple) -> None:
         with self._lock:

@@ -151,6 +151,8 @@ class Teacher:
             raise HTTPError(400, "body is not an image Pillow can read (PNG, JPEG, WebP, ...)") from None
         except (OSError, ValueError, SyntaxError, EOFError) as e:   # truncated or corrupt data
             raise HTTPError(400, f"image data is corrupt or truncated: {e}") from None
+        except Exception as e:   # a format plugin's own failure on malformed data: still the body's fault
+            raise HTTPError(400, f"image data is malformed: {type(e).__name__}: {e}") from None
         if min(rgb.shape[:2]) == 0:
             raise HTTPError(400, "image has no pixels")
         size = self.opts.image_size

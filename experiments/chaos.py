@@ -136,6 +136,21 @@ class Chaos:
         return f"killed {name}"
 
 
+def run_both(cfg: SimConfig, opts: RayOptions, cluster, args: argparse.Namespace, out: str, log):
+    """The clean run, then the faulty one; their summaries and the faults injected."""
+    t0, ticks = time.time(), set()
+    print("clean run ...", flush=True)
+    clean = run_on_ray(cfg, opts, out_dir=os.path.join(out, "clean"), progress=not args.no_progress, log=log,
+                       after_tick=lambda _s, k: ticks.add(k))
+    print(f"clean run: {time.time() - t0:.0f} s\nfaulty run ...", flush=True)
+    chaos = Chaos(cluster, list(cfg.strategies), len(ticks), args.camera_kills, args.chaos_seed)
+    t0 = time.time()
+    faulty = run_on_ray(cfg, opts, out_dir=os.path.join(out, "faulty"), progress=not args.no_progress,
+                        log=log, after_tick=chaos)
+    print(f"faulty run: {time.time() - t0:.0f} s", flush=True)
+    return clean, faulty, chaos
+
+
 def rows_lost(clean: pd.DataFrame, faulty: pd.DataFrame) -> int:
     """Frame rows of the clean run the faulty one lacks or changed."""
     cols = list(clean.columns)
@@ -167,16 +182,10 @@ def main(argv=None) -> int:
     cluster = start_local_cluster(args.nodes, math.ceil(need) + 1)
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
     try:
-        t0, ticks = time.time(), set()
-        print("clean run ...", flush=True)
-        clean = run_on_ray(cfg, opts, out_dir=os.path.join(out, "clean"), progress=not args.no_progress, log=log,
-                           after_tick=lambda _s, k: ticks.add(k))
-        print(f"clean run: {time.time() - t0:.0f} s\nfaulty run ...", flush=True)
-        chaos = Chaos(cluster, list(cfg.strategies), len(ticks), args.camera_kills, args.chaos_seed)
-        t0 = time.time()
-        faulty = run_on_ray(cfg, opts, out_dir=os.path.join(out, "faulty"), progress=not args.no_progress,
-                            log=log, after_tick=chaos)
-        print(f"faulty run: {time.time() - t0:.0f} s", flush=True)
+        clean, faulty, chaos = run_both(cfg, opts, cluster, args, out, log)
+    except (ConfigError, VideoError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         ray.shutdown()
         cluster.shutdown()

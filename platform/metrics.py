@@ -54,8 +54,14 @@ class ResultSink:
                 self._read_back()
 
     def _read_back(self) -> None:
-        with open(os.path.join(self.out_dir, PROGRESS)) as f:
-            done = {s: v for s, v in json.load(f)["done"].items() if s in self._frames}
+        from .validation import ConfigError
+
+        path = os.path.join(self.out_dir, PROGRESS)
+        try:
+            with open(path) as f:
+                done = {s: v for s, v in json.load(f)["done"].items() if s in self._frames}
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ConfigError(f"cannot resume: {path} is unreadable ({e!r}); give a new --out") from None
         if not done:
             return
         frames = pd.read_parquet(os.path.join(self.out_dir, "frames.parquet"))

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from .config import ConfigError, SimConfig, config_to_dict, describe_sources
-from .metrics import ResultSink, plot_accuracy, write_atomic, write_parquet
+from .metrics import PROGRESS, ResultSink, plot_accuracy, write_atomic, write_parquet
 from .models import default_device, load_teacher_weights, predict
 from .sim import Fleet, Simulation, inline_simulation
 from .strategies import parse_strategies
@@ -135,8 +135,13 @@ def _check_resumable(cfg: SimConfig, out_dir: str) -> None:
     path = os.path.join(out_dir, "config.yaml")
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        old, new = yaml.safe_load(f) or {}, config_to_dict(cfg)
+    try:
+        with open(path) as f:
+            old, new = yaml.safe_load(f), config_to_dict(cfg)
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot resume: {path} is unreadable ({e}); give a new --out") from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"cannot resume: {path} is not a config; give a new --out")
     differs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if differs:
         raise ConfigError(f"cannot resume: {out_dir} holds a run of another config (it differs in "
@@ -167,6 +172,10 @@ def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None =
     names = [sim.strategy.name for sim in sims]
     if out_dir and resume:
         _check_resumable(cfg, out_dir)
+    elif out_dir:   # a fresh run: no record of an earlier one may pass for its own
+        for name in (PROGRESS, "summary.parquet"):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
     sink = ResultSink(out_dir, names, cfg.classes, resume=resume)
     if out_dir:
         write_atomic(os.path.join(out_dir, "config.yaml"), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -202,11 +211,11 @@ def run_strategies(cfg: SimConfig, sims: list[Simulation], out_dir: str | None =
             for done in [pool.submit(play, i, sim) for i, sim in enumerate(sims)]:
                 done.result()
     summary = sink.summary(names)
-    if out_dir:
-        write_parquet(summary, os.path.join(out_dir, "summary.parquet"), cfg.classes)
+    if out_dir:   # the summary last: a resumed run takes it as the mark of a finished one
         plot_accuracy(sink.frames(), os.path.join(out_dir, "accuracy.png"),
                       title=f"{describe_sources(cfg)}: {cfg.cameras} cameras, seed {cfg.seed}",
                       classes=cfg.classes)
+        write_parquet(summary, os.path.join(out_dir, "summary.parquet"), cfg.classes)
     return summary
 
 

@@ -209,6 +209,23 @@ def test_a_killed_multi_seed_run_resumes_to_the_uninterrupted_summary(tiny_cfg, 
     assert other.returncode == 2 and "cannot resume" in other.stderr and "differs in strategies" in other.stderr
 
 
+def test_a_fresh_run_leaves_no_earlier_run_to_resume(tiny_cfg, tmp_path):
+    """Without --resume, what an earlier run left in the directory (a progress
+    record, a summary) is dropped before anything is written."""
+    from driftlab.platform.runner import run_inline
+
+    cfg = tiny_cfg(duration=40.0, strategies=["static"])
+    (tmp_path / "progress.json").write_text(json.dumps({"done": {"static": {"frames_uploaded": 99,
+                                                                            "label_gpu_s": 1.0}}}))
+    pd.DataFrame({"strategy": ["periodic"]}).to_parquet(tmp_path / "summary.parquet")
+    summary = run_inline(cfg, out_dir=str(tmp_path), progress=False, log=lambda *_: None)
+    assert json.loads((tmp_path / "progress.json").read_text())["done"]["static"]["frames_uploaded"] == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "summary.parquet"), summary)
+    (tmp_path / "progress.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot resume: .*progress.json is unreadable"):
+        run_inline(cfg, out_dir=str(tmp_path), progress=False, log=lambda *_: None, resume=True)
+
+
 def test_calibrate_writes_costs_drift_sim_reads(tmp_path):
     cfg_file = tmp_path / "mine.yaml"
     cfg_file.write_text("student: {arch: shufflenet_v2_x0_5}\nworld: {size: 32}\nduration: 60\n")

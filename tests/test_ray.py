@@ -331,7 +331,7 @@ def test_train_pool_runs_retraining_and_distillation_and_reports_a_failing_job(l
 
 def test_impossible_resource_requests_are_one_clear_error(tiny_cfg):
     cfg = tiny_cfg(cameras=40)
-    with pytest.raises(ResourceError, match=r"needs 11\.75 CPUs but the Ray cluster has 4"):
+    with pytest.raises(ResourceError, match=r"needs 11\.5 CPUs but the Ray cluster has 4"):
         plan_resources(cfg, RayOptions(), {"CPU": 4.0})
     with pytest.raises(ResourceError, match=r"needs 20 GPUs but the Ray cluster has 0"):
         plan_resources(cfg, RayOptions(gpus_per_camera=0.5), {"CPU": 64.0})

@@ -215,15 +215,15 @@ def test_a_source_shorter_than_a_window_or_the_run_says_what_it_gives(tmp_path, 
     writer.release()
     still = tmp_path / "still.png"
     cv2.imwrite(str(still), np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(VideoError, match=r"camera 0: .*fast.mp4: gives 0.5 s of stream \(240 frames at 1000 fps"
+    with pytest.raises(VideoError, match=r"camera 0: .*fast.mp4: gives 0.5 s of stream \(the file: 240 frames at 1000 fps"
                                          r".*less than one retraining window \(40 s\)"):
         build_fleet(tiny_cfg(sources=[str(fast)]), log=lambda *_: None)
     with pytest.raises(VideoError, match="still.png: is a single image, not a video"):
         build_fleet(tiny_cfg(sources=[str(still)]), log=lambda *_: None)
     said = []
     build_sources(tiny_cfg(sources=[{"path": str(fast), "fps": 2.0}], window=10.0, duration=200.0), said.append)
-    assert said == [f"warning: camera 0: {fast} gives 120 s of stream (240 frames at 2 fps from 0 s, played at "
-                    f"2 fps), less than the run's 200 s; the camera stops there"]
+    assert said == [f"warning: camera 0: {fast} gives 120 s of stream (the file: 240 frames at 2 fps; played from "
+                    f"0 s at 2 fps), less than the run's 200 s; the camera stops there"]
 
 
 @pytest.mark.parametrize("body, why", [

@@ -178,13 +178,13 @@ class RecordedSource:
         """A :class:`VideoError` when the run plays less than one retraining
         ``window`` of it (no job could ever run), a warning when less than
         ``duration`` (the camera stops early), both saying what it gives."""
-        n = self.native_frames
-        gives = (f"gives {self.stream_seconds:g} s of stream ({n} frame{'s' * (n != 1)} at "
-                 f"{self.native_fps:g} fps from {self.spec.start:g} s, played at {self.fps:g} fps)")
+        n, length = self.native_frames, f", length {self.spec.length:g} s" if self.spec.length else ""
+        gives = (f"gives {self.stream_seconds:g} s of stream (the file: {n} frame{'s' * (n != 1)} at "
+                 f"{self.native_fps:g} fps; played from {self.spec.start:g} s{length} at {self.fps:g} fps)")
         if self.stream_seconds < window - 1e-9:
             raise self._error(f"{gives}, less than one retraining window ({window:g} s), so no job "
-                              f"could ever train on it: check its frame rate (the source's fps) or set a "
-                              f"shorter window in a config")
+                              f"could ever train on it: check its frame rate (the source's fps), start "
+                              f"and length, or set a shorter window in a config")
         if self.stream_seconds < duration - 1e-9 and not self.spec.length:
             log(f"warning: camera {self.camera}: {self.path} {gives}, less than the run's {duration:g} s; "
                 f"the camera stops there")
