@@ -47,11 +47,11 @@ def build_sources(cfg: SimConfig, log: Callable[[str], None] = print) -> list[Fr
     scenario = get_scenario(cfg.scenario)
     out: list[FrameSource] = []
     for i, spec in enumerate(cfg.sources or [SourceSpec()] * cfg.cameras):
-        if spec.synthetic:
-            out.append(CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration))
-            continue
-        out.append(open_recording(spec, i, cfg.world.fps, cfg.frame_size, cfg.duration, cfg.classes))
-        out[-1].check_length(cfg.window, cfg.duration, log)
+        out.append(CameraStream(cfg.world, scenario, i, cfg.cameras, cfg.seed, cfg.duration) if spec.synthetic
+                   else open_recording(spec, i, cfg.world.fps, cfg.frame_size, cfg.duration, cfg.classes))
+    for src in out:   # every file opened first: a missing one is named before a short one
+        if isinstance(src, RecordedSource):
+            src.check_length(cfg.window, cfg.duration, log)
     return out
 
 
