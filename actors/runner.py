@@ -26,7 +26,6 @@ import pandas as pd
 import ray
 import torch
 from ray import cloudpickle
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from driftlab.platform.config import SimConfig
 from driftlab.platform.models import default_device
@@ -39,7 +38,7 @@ from driftlab.platform.zoo import StudentJob
 
 from .camera import CameraGroupActor, CameraProxy, RayCameras
 from .manager import ManagerActor, RayManager
-from .trainer import TrainPool
+from .trainer import TrainPool, on_this_node
 
 __all__ = ["NAMESPACE", "WORKER_ENV", "RayOptions", "ResourceError", "start_ray", "start_local_cluster",
            "plan_resources", "group_size", "run_on_ray", "train_students_on_ray"]
@@ -236,7 +235,7 @@ def run_on_ray(cfg: SimConfig, opts: RayOptions = RayOptions(), out_dir: str | N
     # The managers hold each strategy's server state: they live on the
     # driver's node (a cluster's head), which outlives worker nodes, and
     # reserve no CPU there, so nothing placed before them can keep them out.
-    on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    on_driver_node = on_this_node()
     shards = shard(cfg.cameras, opts.cameras_per_actor or group_size(cfg.cameras, nodes))
     # Constructor arguments stay referenced for the whole run: a restarted
     # group actor is built from them again.

@@ -33,7 +33,7 @@ import ray
 from ray.exceptions import ObjectLostError
 from ray.util.queue import Empty, Queue
 
-__all__ = ["TrainPool", "TrainClient", "TrainPoolError"]
+__all__ = ["TrainPool", "TrainClient", "TrainPoolError", "on_this_node"]
 
 _ATTEMPTS = 2  # a failed job is retried once
 _POLL_S = 0.05  # how often an idle worker looks for a job (seconds)
@@ -136,13 +136,17 @@ class TrainClient:
             out[job_id] = None
 
 
-def _queue() -> Queue:
-    """A queue on this process's node (the driver's, which outlives worker
-    nodes), taking no CPU."""
+def on_this_node():
+    """A scheduling strategy that places an actor on this process's node (the
+    driver's, which outlives worker nodes), and nowhere else."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _queue() -> Queue:
+    """A queue on the driver's node, taking no CPU."""
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": on_this_node()})
 
 
 class TrainPool:

@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .validation import ConfigError
+
 __all__ = ["ResultSink", "PROGRESS", "write_atomic", "summarize", "reaction_time", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
            "over_seeds", "format_seed_table",
            "detection_map", "segment_iou", "THUMOS_TIOUS", "write_parquet"]
@@ -54,8 +56,6 @@ class ResultSink:
                 self._read_back()
 
     def _read_back(self) -> None:
-        from .validation import ConfigError
-
         path = os.path.join(self.out_dir, PROGRESS)
         try:
             with open(path) as f:

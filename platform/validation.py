@@ -83,7 +83,8 @@ def check_type(name: str, hint: Any, value: Any) -> None:
     """``value`` (as YAML or a caller gives it) has the field's annotated type
     ``hint``: ``int`` (not a bool), ``float`` (an int is one, a bool is not,
     nor NaN), ``str``, ``X | None``, ``tuple[X, ...]`` and ``tuple[X, Y]``
-    (a list is one), a config dataclass (an instance or a mapping). Checked
+    (a list is one); other annotations are left to the class's own checks
+    (nested configs are checked field by field where they are read). Checked
     before a config is built, so a value of the wrong kind is one
     :class:`ConfigError` naming the field, never a ``TypeError`` later.
     """
@@ -109,8 +110,6 @@ def _fits(hint: Any, value: Any) -> bool:
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_fits(args[0], v) for v in value)
         return len(value) == len(args) and all(_fits(a, v) for a, v in zip(args, value))
-    if isinstance(hint, type):
-        return isinstance(value, (hint, dict))
     return True  # an annotation this check does not know: the class's own checks decide
 
 
@@ -127,5 +126,4 @@ def _describe(hint: Any, plural: bool = False) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"{what} {_describe(args[0], True)}"
         return f"{what} {len(args)} {_describe(args[0], True)}"
-    name = getattr(hint, "__name__", str(hint))
-    return _NOUNS.get(hint, (f"a mapping of {name} fields", f"mappings of {name} fields"))[plural]
+    return _NOUNS[hint][plural]
