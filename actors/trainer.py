@@ -10,8 +10,9 @@ Each job is self-contained and has a ``run(device)`` method returning
 Train device (a GPU when the pool has one) and sends back the new weights.
 
 Each manager talks to the pool through its own :class:`TrainClient` (queue
-handles, picklable): the pool forwards each worker message to the client
-whose job it is, so the managers of strategies running at once share it. A job that raises is retried once, then reported as
+handles, picklable): a job carries its client's results queue and the worker
+answers there directly, so the managers of strategies running at once share
+the pool. A job that raises is retried once, then reported as
 failed (``None``) and the simulation goes on. If a worker dies (its process
 killed, its node lost), Ray Train restarts the worker group
 (``FailureConfig``) and each client runs again every job of its batch not
@@ -52,7 +53,7 @@ def _worker_loop(config: dict) -> None:
     set_determinism()
     device = ray.train.torch.get_device()
     jobs, results, me = config["jobs"], config["results"], uuid.uuid4().hex
-    results.put(("hello", me, None, None))
+    results.put(("hello", me, None))
     while True:
         # Polled, not a blocking get: a worker killed while blocked in get()
         # would leave its call waiting in the queue actor, to swallow the next job.
@@ -64,12 +65,12 @@ def _worker_loop(config: dict) -> None:
         if item is None:
             jobs.put(None)  # let the other workers see the end too
             return
-        job_id, [inputs_ref] = item
+        job_id, [inputs_ref], reply = item
         try:
             state, fit_result = ray.get(inputs_ref).run(device)
-            results.put(("done", me, job_id, ([ray.put(state)], fit_result)))
+            reply.put(("done", job_id, ([ray.put(state)], fit_result)))
         except Exception as e:  # a job's failure is reported, not fatal to the worker
-            results.put(("error", me, job_id, f"{type(e).__name__}: {e}"))
+            reply.put(("error", job_id, f"{type(e).__name__}: {e}"))
 
 
 @dataclass
@@ -78,10 +79,11 @@ class TrainClient:
     Inputs and weights travel as object references through the queues.
 
     Attributes:
-        jobs: the pool's queue of ``(job_id, [job ref])`` the workers take from.
-        results: this client's own queue of what the pool forwards to it
-            (done, error, restart, dead), so several managers share one pool.
-        prefix: this client's job-id prefix (the pool routes by it).
+        jobs: the pool's queue of ``(job_id, [job ref], results)`` the workers take from.
+        results: this client's own queue: the workers answer its jobs there
+            (done, error), the pool tells it of restarts and the run's end
+            (restart, dead), so several managers share one pool.
+        prefix: this client's job-id prefix.
     """
 
     jobs: Queue
@@ -102,7 +104,7 @@ class TrainClient:
         attempts = dict.fromkeys(ids, 1)
         out: dict[str, object] = {}
         for i in ids:
-            self.jobs.put((i, inputs[i]))
+            self._put(i, inputs[i])
         while len(out) < len(ids):
             kind, job_id, payload = self.results.get()
             if kind == "dead":
@@ -113,22 +115,25 @@ class TrainClient:
                 todo = [i for i in ids if i not in out]
                 log(f"train jobs: {payload}; running {len(todo)} unfinished job(s) again")
                 for i in todo:
-                    self.jobs.put((i, inputs[i]))
+                    self._put(i, inputs[i])
             elif kind == "done":
                 [state_ref], fit_result = payload
                 try:
                     out[job_id] = (ray.get(state_ref), fit_result)
                 except ObjectLostError:   # its worker (the weights' owner) died since: run it again
-                    self.jobs.put((job_id, inputs[job_id]))
+                    self._put(job_id, inputs[job_id])
             elif kind == "error":
                 self._retry(job_id, inputs, attempts, out, payload, log)
         return [out[i] for i in ids]
+
+    def _put(self, job_id: str, inputs: list) -> None:
+        self.jobs.put((job_id, inputs, self.results))
 
     def _retry(self, job_id, inputs, attempts, out, why: str, log) -> None:
         if attempts[job_id] < _ATTEMPTS:
             attempts[job_id] += 1
             log(f"train job {job_id} failed ({why}); retrying")
-            self.jobs.put((job_id, inputs[job_id]))
+            self._put(job_id, inputs[job_id])
         else:
             msg = f"train job {job_id} failed {attempts[job_id]} times, last: {why}"
             log(msg)
@@ -181,7 +186,7 @@ class TrainPool:
         )
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self._clients: dict[str, Queue] = {}
+        self._clients: list[Queue] = []
         self._thread = threading.Thread(target=self._fit, name="driftlab-train", daemon=True)
         self._thread.start()
         self._dispatcher = threading.Thread(target=self._dispatch, name="driftlab-train-results", daemon=True)
@@ -191,7 +196,7 @@ class TrainPool:
         try:
             self._trainer.fit()
         except Exception as e:  # reported to whoever waits on a job
-            self.results.put(("dead", None, None, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+            self.results.put(("dead", None, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until every worker is up (Ray Train's start-up, ~13 s on 2 cores)."""
@@ -200,18 +205,17 @@ class TrainPool:
     def client(self) -> TrainClient:
         """A new client with its own results queue (one per manager)."""
         queue = _queue()
-        prefix = uuid.uuid4().hex[:8]
         with self._lock:
-            self._clients[prefix] = queue
-        return TrainClient(self.jobs, queue, prefix)
+            self._clients.append(queue)
+        return TrainClient(self.jobs, queue, uuid.uuid4().hex[:8])
 
     def _dispatch(self) -> None:
-        """Forward each worker message to the client whose job it is; when the
-        worker group restarts (more hellos than workers), tell every client
-        (the jobs the dead workers held are gone); forward the end of the run to all."""
+        """Watch the worker group: when it restarts (more hellos than
+        workers), tell every client (the jobs the dead workers held are gone);
+        tell all when the run ends."""
         workers: set[str] = set()
         while True:
-            kind, worker, job_id, payload = self.results.get()
+            kind, worker, payload = self.results.get()
             if kind == "closed":
                 return
             if kind == "hello":
@@ -224,30 +228,22 @@ class TrainPool:
             elif kind == "dead":
                 self._ready.set()  # nothing to wait for any more
                 self._broadcast(("dead", None, payload))
-            else:
-                self._forward(job_id, (kind, job_id, payload))
 
     def _broadcast(self, message: tuple) -> None:
         with self._lock:
-            clients = list(self._clients.values())
+            clients = list(self._clients)
         for q in clients:
             q.put(message)
-
-    def _forward(self, job_id: str, message: tuple) -> None:
-        with self._lock:
-            queue = self._clients.get(job_id.split("-")[0])
-        if queue is not None:
-            queue.put(message)
 
     def close(self, timeout: float = 60.0) -> None:
         """Let the workers finish and the Train run end; free the queues."""
         try:
             self.jobs.put(None)
             self._thread.join(timeout)
-            self.results.put(("closed", None, None, None))
+            self.results.put(("closed", None, None))
             self._dispatcher.join(timeout)
         finally:
             with self._lock:
-                clients = list(self._clients.values())
+                clients = list(self._clients)
             for q in (self.jobs, self.results, *clients):
                 q.shutdown(force=True)
