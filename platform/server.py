@@ -23,7 +23,7 @@ from .plugins import JobPlugin
 from .scheduling import Job, Request, SampleStore, share_gpu
 from .strategies import TrainingManager
 from .strategies.base import train_spec
-from .training import FitPlugin, FitResult, TrainSpec, fit, top_gradient_mask
+from .training import FitPlugin, FitResult, TrainSpec, evaluate, fit, top_gradient_mask
 
 if TYPE_CHECKING:
     from .config import ModelSpec, SimConfig
@@ -141,19 +141,22 @@ class Server:
     def num_samples(self, camera: int, since: float, until: float) -> int:
         return len(self.stores[camera].select(since, until).labels)
 
-    def profile(self, camera: int, since: float, until: float, layers: str,
-                epochs: int) -> tuple[list[float], int]:
+    def profile(self, camera: int, since: float, until: float, layers: str, epochs: int,
+                fraction: float = 1.0, min_samples: int = 8) -> tuple[list[float], int]:
         s = self.stores[camera].select(since, until)
         if len(s.labels) < 8:
             return [], 0
         rng = np.random.default_rng(len(s.labels) * 7919 + camera)
         perm = rng.permutation(len(s.labels))
         n_val = max(2, len(s.labels) // 4)
-        val, tr = perm[:n_val], perm[n_val:]
+        val, rest = perm[:n_val], perm[n_val:]
+        tr = rest[:max(min_samples, int(round(fraction * len(rest))))]
         spec = train_spec(self.cfg, epochs=epochs, layers=layers, seed=int(rng.integers(2**31)))
-        result = fit(clone(self.models[camera]), s.images[tr], s.labels[tr], spec,
+        model = clone(self.models[camera])
+        before = evaluate(model, s.images[val], s.labels[val], self.device)[0]
+        result = fit(model, s.images[tr], s.labels[tr], spec,
                      val=(s.images[val], s.labels[val]), teacher_logits=s.logits[tr], device=self.device)
-        return result.val_accuracy, result.sample_epochs
+        return [before, *result.val_accuracy], result.sample_epochs
 
     # --- retraining ----------------------------------------------------------
     def job_inputs(self, job: Job, start: float) -> JobInputs:

@@ -55,8 +55,8 @@ class NoProfiler:
     def num_samples(self, *a):
         return 20
 
-    def profile(self, camera, since, until, layers, epochs):
-        return ([0.5, 0.6, 0.65] if layers == "all" else [0.4, 0.42, 0.43]), 30
+    def profile(self, camera, since, until, layers, epochs, fraction=1.0, min_samples=8):
+        return ([0.4, 0.5, 0.6, 0.65] if layers == "all" else [0.4, 0.41, 0.42, 0.43]), 30
 
 
 def test_periodic_is_first_come_first_served():
@@ -122,8 +122,18 @@ def test_ekya_plans_the_window_jointly_with_profiled_configs():
 
 
 def test_ekya_curve_extrapolation_increases_with_epochs():
-    curve = [0.5, 0.6, 0.65]
+    curve = [0.4, 0.5, 0.6, 0.65]
     assert extrapolate(curve, 10) > extrapolate(curve, 3) > 0.5
+    assert extrapolate(curve, 0) == pytest.approx(0.4, abs=0.05)   # starts where the model is
+
+
+def test_ekya_prior_is_scaled_down_by_a_poor_profile():
+    """The authors' prior (0.95 after 30 epochs) scaled by how far the profile
+    falls below it: a profile that barely learns predicts a low end."""
+    good, flat = [0.4, 0.55, 0.65, 0.7, 0.74, 0.77], [0.4] * 6   # 5 profiled epochs
+    assert extrapolate(good, 30) > 0.85
+    assert extrapolate(flat, 5) < extrapolate(good, 5) - 0.2      # near the profiled points
+    assert extrapolate(flat, 30) < extrapolate(good, 30) - 0.08   # the prior's end, scaled down
 
 
 def test_share_gpu_is_work_conserving():

@@ -68,10 +68,13 @@ class CameraPolicy:
 class Profiler(Protocol):
     """What a manager may ask of the server while planning (Ekya's micro-profiler)."""
 
-    def profile(self, camera: int, since: float, until: float, layers: str,
-                epochs: int) -> tuple[list[float], int]:
-        """Validation accuracy after each of ``epochs`` epochs of a trial run,
-        and the sample-epochs that trial cost."""
+    def profile(self, camera: int, since: float, until: float, layers: str, epochs: int,
+                fraction: float = 1.0, min_samples: int = 8) -> tuple[list[float], int]:
+        """A trial run of ``epochs`` epochs on ``fraction`` (at least
+        ``min_samples``) of the window's samples, the rest held out for
+        validation: the validation accuracy before training and after each
+        epoch (``epochs + 1`` values; none when the window has too few
+        samples), and the sample-epochs the trial cost."""
         ...
 
     def num_samples(self, camera: int, since: float, until: float) -> int: ...
