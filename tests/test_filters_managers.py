@@ -129,7 +129,8 @@ def test_ekya_curve_extrapolation_increases_with_epochs():
 
 def test_ekya_prior_is_scaled_down_by_a_poor_profile():
     """The authors' prior (0.95 after 30 epochs) scaled by how far the profile
-    falls below it: a profile that barely learns predicts a low end."""
+    falls below it: a profile that does not learn predicts less, most near
+    its own points (the prior still dominates far from them)."""
     good, flat = [0.4, 0.55, 0.65, 0.7, 0.74, 0.77], [0.4] * 6   # 5 profiled epochs
     assert extrapolate(good, 30) > 0.85
     assert extrapolate(flat, 5) < extrapolate(good, 5) - 0.2      # near the profiled points

@@ -97,8 +97,10 @@ class EkyaManager(TrainingManager):
             for frac in self.fraction_options:
                 for epochs in self.epoch_options:
                     # Runtime linear in epochs and data; accuracy extrapolated in
-                    # sample-visits (epochs x fraction) from the profiled curve
-                    # (the authors' code has no data knob: its x is epochs).
+                    # epochs x fraction, while the profile's points sit at its
+                    # epoch count (run on a part of the window): as the
+                    # authors' code, whose x is epochs whatever the profile's
+                    # subsample (and which has no data knob).
                     acc = extrapolate(curve, epochs * frac)
                     opts.append((epochs, frac, layers, acc, epochs * frac * n * cost))
         return opts, spent, now_acc
@@ -158,8 +160,10 @@ _B1 = np.geomspace(1.0, 50.0, 31)
 
 def _fit(xs, ys) -> tuple[float, float, float]:
     """Least-squares :func:`optimus` parameters: a grid over ``b0``, ``b1``
-    (``b1 >= 1``, so the curve starts at or below 1), ``b2`` in closed form
-    (the authors fit with scipy's ``curve_fit``; a grid is enough here)."""
+    (``b1 >= 1``: ``1/(b0*x + b1) <= 1``), ``b2`` in closed form. The authors
+    fit with scipy's ``curve_fit``; with two points (the prior) many curves
+    fit exactly and the grid picks one of them, so predictions between the
+    ends depend on the grid (not compared with scipy's here)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
     base = 1.0 - 1.0 / (_B0[:, None, None] * xs + _B1[None, :, None])  # (b0, b1, point)
     b2 = np.mean(base - ys, axis=-1)
