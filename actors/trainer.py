@@ -103,6 +103,7 @@ class TrainClient:
         inputs = {i: [ray.put(job)] for i, job in zip(ids, batch)}
         attempts = dict.fromkeys(ids, 1)
         out: dict[str, object] = {}
+        self._drain()
         for i in ids:
             self._put(i, inputs[i])
         while len(out) < len(ids):
@@ -125,6 +126,17 @@ class TrainClient:
             elif kind == "error":
                 self._retry(job_id, inputs, attempts, out, payload, log)
         return [out[i] for i in ids]
+
+    def _drain(self) -> None:
+        """Drop what arrived while no batch ran (a restart that concerned none
+        of the next batch's jobs, duplicate answers); the run's end still raises."""
+        while True:
+            try:
+                kind, _, payload = self.results.get_nowait()
+            except Empty:
+                return
+            if kind == "dead":
+                raise TrainPoolError(f"Ray Train run ended: {payload}")
 
     def _put(self, job_id: str, inputs: list) -> None:
         self.jobs.put((job_id, inputs, self.results))
