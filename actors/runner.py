@@ -34,7 +34,7 @@ from driftlab.platform.camera import shard
 from driftlab.platform.sim import Simulation
 from driftlab.platform.strategies import Strategy, parse_strategies
 from driftlab.platform.validation import ConfigError, check_non_negative, check_whole
-from driftlab.platform.zoo import StudentJob
+from driftlab.platform.pretrained import StudentJob
 
 from .camera import CameraGroupActor, CameraProxy, RayCameras
 from .manager import ManagerActor, RayManager
@@ -307,7 +307,7 @@ def _train_student(job: StudentJob, threads: int) -> dict:
 
 
 def train_students_on_ray(jobs: list[StudentJob], log: Callable[[str], None] = print) -> Iterator[tuple[int, dict]]:
-    """:data:`~driftlab.platform.zoo.TrainStudents` as Ray tasks, as many at
+    """:data:`~driftlab.platform.pretrained.TrainStudents` as Ray tasks, as many at
     once as the cluster has cores for (each uses the driver's torch threads,
     so the weights equal the inline runner's), on a GPU where the cluster has one."""
     threads = torch.get_num_threads()

@@ -29,7 +29,7 @@ from driftlab.platform.config import TeacherSpec
 from driftlab.platform.models import default_device, from_logits, load_teacher_weights
 from driftlab.platform.runner import set_determinism
 from driftlab.platform.teacher import teach
-from driftlab.platform.zoo import load_teacher_genkd
+from driftlab.platform.pretrained import load_teacher_genkd
 
 __all__ = ["TeacherOptions", "Teacher", "teacher_app", "deploy_teacher", "ROUTE", "APP_NAME"]
 
@@ -55,7 +55,7 @@ class TeacherOptions:
         max_side: largest image side accepted over HTTP (read from the header).
         max_pixels: largest image area accepted over HTTP (read from the header).
         genkd_checkpoint: seed 2's head and CVAE on the teacher
-            (:func:`driftlab.platform.zoo.teacher_genkd_checkpoint`); with it,
+            (:func:`driftlab.platform.pretrained.teacher_genkd_checkpoint`); with it,
             labels come with the teacher's attention for genkd jobs.
     """
 

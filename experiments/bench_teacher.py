@@ -24,7 +24,7 @@ from driftlab.platform.config import SimConfig  # noqa: E402
 from driftlab.platform.models import predict  # noqa: E402
 from driftlab.platform.runner import set_determinism  # noqa: E402
 from driftlab.platform.world import CONDITIONS, render_condition_set  # noqa: E402
-from driftlab.platform.zoo import load_teacher, with_teacher_weights  # noqa: E402
+from driftlab.platform.pretrained import load_teacher, with_teacher_weights  # noqa: E402
 
 
 def main() -> None:

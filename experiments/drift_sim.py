@@ -44,10 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cameras", type=int, help="number of cameras")
     p.add_argument("--duration", type=float, help="stream seconds per camera")
     p.add_argument("--strategies", help=f"comma-separated, from: {', '.join(STRATEGIES)}; a name may add "
-                                        f"(+) or drop (-) camera components: {', '.join(COMPONENTS)} "
+                                        f"(+) or drop (-) components: {', '.join(COMPONENTS)} "
                                         "(e.g. periodic+cp retrains on change points of the camera's "
                                         "feature stream, ams+refit refits BatchNorm on the camera, "
-                                        "edgesync-refit does not)")
+                                        "edgesync-refit does not, ams+zoo keeps a model zoo)")
     p.add_argument("--seed", help="seed of streams, models and jobs; several (e.g. 0,1,2) run "
                                   "each and report every strategy's mean ± std over them")
     p.add_argument("--distill", help=f"what retraining learns from the teacher: "
@@ -208,7 +208,7 @@ def write_provenance(cfg: SimConfig, argv: list[str], out: str, commit: str) -> 
     import hashlib
     import json
 
-    from driftlab.platform.zoo import with_teacher_weights
+    from driftlab.platform.pretrained import with_teacher_weights
 
     with open(with_teacher_weights(cfg.world, cfg.teacher, log=lambda *_: None).weights, "rb") as f:
         model_cache = "teacher " + hashlib.sha256(f.read()).hexdigest()[:12]

@@ -22,7 +22,7 @@ from driftlab.platform.models import architectures, build_student
 from driftlab.platform.runner import set_determinism
 from driftlab.platform.training import TrainSpec, evaluate, fit
 from driftlab.platform.world import CONDITIONS, render_condition_set
-from driftlab.platform.zoo import HELDOUT_SEED, load_teacher, teacher_report
+from driftlab.platform.pretrained import HELDOUT_SEED, load_teacher, teacher_report
 
 
 def main(argv=None) -> int:

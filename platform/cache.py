@@ -1,6 +1,6 @@
 """Where trained models are cached on disk, keyed by everything that made them.
 
-Its own module (no torch, no models) so that every trainer — the camera zoo
+Its own module (no torch, no models) so that every trainer — the pretrained models
 and the action-recognition distillation — can use it without import cycles.
 """
 from __future__ import annotations

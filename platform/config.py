@@ -24,7 +24,7 @@ from .world import SCENARIOS, WorldConfig
 from .world.recorded import SourceSpec
 from .world.render import SHAPE_NAMES
 
-__all__ = ["DISTILL_WEIGHTS", "CostModel", "EdgeSyncParams", "RefitParams", "ModelSpec", "TeacherSpec",
+__all__ = ["DISTILL_WEIGHTS", "CostModel", "EdgeSyncParams", "RefitParams", "ZooParams", "ModelSpec", "TeacherSpec",
            "SourceSpec", "SimConfig", "ConfigError", "describe_sources", "load_config", "config_to_dict", "config_from_dict"]
 
 
@@ -148,6 +148,39 @@ class RefitParams:
 
 
 @dataclass(frozen=True)
+class ZooParams:
+    """The model zoo (the ``zoo`` server component,
+    :class:`driftlab.platform.zoo.ModelZoo`): the server keeps each camera's
+    past models keyed by the condition they were trained in and, when a
+    camera's upload shows a condition it has seen, deploys the stored model at
+    once instead of waiting for retraining (RECL, Khani et al., NSDI 2023).
+    Add it to any adapting strategy as ``<name>+zoo``.
+
+    Attributes:
+        size: models kept per camera; past it, of the two closest in
+            condition the one fewer of the camera's uploads matched leaves.
+        match_distance: an upload's mean condition (the mean and spread of
+            each colour channel, :func:`~driftlab.platform.scheduling.condition_stats`)
+            within this distance of a stored model's makes it a candidate;
+            a new model this close to a stored one replaces its weights.
+        margin: a candidate is deployed only if it labels the upload's frames
+            (against the teacher) better than the camera's model by more than
+            this share (0: any better).
+        shared: candidates come from every camera's models, not only the camera's own.
+    """
+
+    size: int = 4
+    match_distance: float = 0.06
+    margin: float = 0.0
+    shared: bool = False
+
+    def __post_init__(self):
+        check_whole(self, "size", minimum=1)
+        check_non_negative(self, "match_distance")
+        check_range(self, "margin", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model of the run: a torchvision classification architecture, where
     its weights come from, and the input it takes.
@@ -266,6 +299,7 @@ class SimConfig:
         edgesync: the ``edgesync`` strategy's hyperparameters.
         refit: the BatchNorm refit's settings (``+refit``, and ``edgesync``'s default).
         changepoint: the change-point trigger's settings (``+cp`` strategies).
+        zoo: the model zoo's settings (``+zoo`` strategies).
     """
 
     scenario: str = "day_night"
@@ -291,6 +325,7 @@ class SimConfig:
     edgesync: EdgeSyncParams = field(default_factory=EdgeSyncParams)
     refit: RefitParams = field(default_factory=RefitParams)
     changepoint: ChangePointParams = field(default_factory=ChangePointParams)
+    zoo: ZooParams = field(default_factory=ZooParams)
 
     def __post_init__(self):
         check_whole(self, "cameras", minimum=1)
@@ -343,7 +378,7 @@ class SimConfig:
 
 
 _NESTED = {"world": WorldConfig, "costs": CostModel, "edgesync": EdgeSyncParams, "refit": RefitParams,
-           "changepoint": ChangePointParams, "student": ModelSpec, "teacher": TeacherSpec}
+           "changepoint": ChangePointParams, "zoo": ZooParams, "student": ModelSpec, "teacher": TeacherSpec}
 _SHORTHAND = {"student": "arch", "teacher": "arch"}
 """Nested fields a plain string may stand for: the field it sets."""
 

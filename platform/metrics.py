@@ -18,7 +18,7 @@ import pandas as pd
 
 from .validation import ConfigError
 
-__all__ = ["ResultSink", "PROGRESS", "write_atomic", "summarize", "reaction_time", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
+__all__ = ["ResultSink", "PROGRESS", "write_atomic", "summarize", "returned", "reaction_time", "JOB_COLUMNS", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
            "over_seeds", "format_seed_table",
            "detection_map", "segment_iou", "THUMOS_TIOUS", "write_parquet"]
 
@@ -27,8 +27,20 @@ PROGRESS = "progress.json"
 beyond the frame and job rows: ``{"done": {strategy: {"frames_uploaded": n,
 "label_gpu_s": s}}}``."""
 
-SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "update_delay_s", "reaction_s",
-                   "frames_uploaded", "label_gpu_s", "train_gpu_s", "jobs"]
+SUMMARY_COLUMNS = ["strategy", "accuracy", "drift_accuracy", "return_accuracy", "update_delay_s", "reaction_s",
+                   "frames_uploaded", "label_gpu_s", "train_gpu_s", "jobs", "zoo_hits"]
+"""``accuracy`` on every frame with a label, ``drift_accuracy`` on the frames
+whose condition is not the camera's initial one, ``return_accuracy`` on the
+frames back in the initial condition after the camera left it (what a model
+that forgot it loses); ``jobs`` counts retraining jobs, ``zoo_hits`` the
+models the zoo deployed (``+zoo``); ``label_gpu_s`` holds the teacher's
+labelling and the zoo's checks."""
+
+JOB_COLUMNS = ["strategy", "camera", "kind", "submitted", "started", "finished", "deployed", "samples", "epochs",
+               "gpu_s"]
+"""One row per deployment: ``kind`` is ``"retrain"`` (a job; ``started`` and
+``finished`` on the training GPUs) or ``"zoo"`` (a stored model; ``samples``
+the frames it was checked on)."""
 
 
 class ResultSink:
@@ -89,9 +101,7 @@ class ResultSink:
             "strategy": strategy, "camera": log.camera, "t": log.times, "label": log.labels,
             "pred": log.preds, "correct": log.preds == log.labels, "conf": log.confs,
             "model_version": log.versions, "drifted": log.drifted}) for log in logs]
-        rows = [{"strategy": strategy, "camera": job.camera, "submitted": job.submitted,
-                 "started": job.started, "finished": job.finished, "deployed": job.deployed,
-                 "samples": job.samples, "epochs": job.epochs, "gpu_s": job.gpu_s} for job in jobs]
+        rows = [{"strategy": strategy, **{c: getattr(job, c) for c in JOB_COLUMNS[1:]}} for job in jobs]
         with self._lock:
             self._frames[strategy].extend(frames)
             self._jobs[strategy].extend(rows)
@@ -107,8 +117,7 @@ class ResultSink:
     def jobs(self) -> pd.DataFrame:
         with self._lock:
             rows = [r for s in self._jobs.values() for r in s]
-        return pd.DataFrame(rows, columns=["strategy", "camera", "submitted", "started",
-                                           "finished", "deployed", "samples", "epochs", "gpu_s"])
+        return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
     def flush(self) -> None:
         if not self.out_dir:
@@ -160,27 +169,42 @@ def summarize(frames: pd.DataFrame, jobs: pd.DataFrame, strategies: list[str],
     rows = []
     for s in strategies:
         f, j = frames[frames.strategy == s], jobs[jobs.strategy == s]
+        retrain = j[j.kind == "retrain"]
         known = f[f.label >= 0]
         drift = known[known.drifted]
-        delay = (j.deployed - j.submitted).mean() if len(j) else float("nan")
+        back = known[returned(known)]
+        delay = (retrain.deployed - retrain.submitted).mean() if len(retrain) else float("nan")
         rows.append({
             "strategy": s,
             "accuracy": float(known.correct.mean()) if len(known) else float("nan"),
             "drift_accuracy": float(drift.correct.mean()) if len(drift) else float("nan"),
+            "return_accuracy": float(back.correct.mean()) if len(back) else float("nan"),
             "update_delay_s": float(delay),
             "reaction_s": reaction_time(f, j),
             "frames_uploaded": int(uploads.get(s, 0)),
             "label_gpu_s": float(round(label_gpu_s.get(s, 0.0), 6)),
             "train_gpu_s": float(round(j.gpu_s.sum(), 6)) if len(j) else 0.0,
-            "jobs": int(len(j)),
+            "jobs": int(len(retrain)),
+            "zoo_hits": int((j.kind == "zoo").sum()),
         })
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def returned(frames: pd.DataFrame) -> np.ndarray:
+    """Which of ``frames`` (one strategy's) are back in their camera's initial
+    condition after the camera left it: not drifted, with a drifted frame of
+    the same camera before them."""
+    order = frames.sort_values(["camera", "t"])
+    left = order.groupby("camera").drifted.cummax().to_numpy()
+    back = pd.Series(left & ~order.drifted.to_numpy(), index=order.index)
+    return back.reindex(frames.index).to_numpy()
 
 
 def reaction_time(frames: pd.DataFrame, jobs: pd.DataFrame) -> float:
     """Mean stream seconds from a camera's drift onset (its condition leaving
     the initial one) to the camera's first new model after it; the stream's end
-    stands in where none came. NaN for a strategy that never updates."""
+    stands in where none came. A model from the zoo counts. NaN for a
+    strategy that never updates."""
     if jobs.empty:
         return float("nan")
     end = float(frames.t.max())
@@ -198,16 +222,17 @@ def reaction_time(frames: pd.DataFrame, jobs: pd.DataFrame) -> float:
 
 def format_table(summary: pd.DataFrame) -> str:
     """The summary as a readable fixed-width table (accuracies in %)."""
-    lines = [f"{'strategy':<12} {'acc %':>7} {'drift acc %':>11} {'delay s':>8} {'react s':>8} "
-             f"{'uploaded':>9} {'label GPU-s':>11} {'train GPU-s':>11} {'jobs':>5}"]
+    lines = [f"{'strategy':<12} {'acc %':>7} {'drift acc %':>11} {'return acc %':>12} {'delay s':>8} "
+             f"{'react s':>8} {'uploaded':>9} {'label GPU-s':>11} {'train GPU-s':>11} {'jobs':>5} {'zoo':>4}"]
 
     def opt(x: float, scale: float = 1.0) -> str:
         return "-" if np.isnan(x) else f"{scale * x:.1f}"
 
     for r in summary.itertuples():
         lines.append(f"{r.strategy:<12} {100 * r.accuracy:>7.1f} {opt(r.drift_accuracy, 100):>11} "
-                     f"{opt(r.update_delay_s):>8} {opt(r.reaction_s):>8} {r.frames_uploaded:>9d} "
-                     f"{r.label_gpu_s:>11.1f} {r.train_gpu_s:>11.1f} {r.jobs:>5d}")
+                     f"{opt(r.return_accuracy, 100):>12} {opt(r.update_delay_s):>8} {opt(r.reaction_s):>8} "
+                     f"{r.frames_uploaded:>9d} {r.label_gpu_s:>11.1f} {r.train_gpu_s:>11.1f} {r.jobs:>5d} "
+                     f"{r.zoo_hits:>4d}")
     return "\n".join(lines)
 
 
@@ -223,9 +248,9 @@ def over_seeds(by_seed: pd.DataFrame) -> pd.DataFrame:
         others = by_seed[by_seed.strategy != s].groupby("seed").accuracy.max()
         margin = (mine.accuracy - others).dropna()
         row = {"strategy": s, "seeds": len(mine)}
-        for col in ("accuracy", "drift_accuracy", "update_delay_s"):
+        for col in ("accuracy", "drift_accuracy", "return_accuracy", "update_delay_s"):
             row[col], row[f"{col}_std"] = mine[col].mean(), mine[col].std()
-        for col in ("frames_uploaded", "train_gpu_s"):
+        for col in ("frames_uploaded", "train_gpu_s", "zoo_hits"):
             row[col] = mine[col].mean()
         row["margin"], row["margin_std"] = margin.mean(), margin.std()
         rows.append(row)
@@ -239,13 +264,14 @@ def format_seed_table(table: pd.DataFrame) -> str:
             return "-"
         return f"{scale * mean:{sign}.1f}" + ("" if np.isnan(std) else f" ± {scale * std:.1f}")
 
-    lines = [f"{'strategy':<12} {'acc %':>12} {'drift acc %':>12} {'delay s':>12} {'uploaded':>9} "
-             f"{'train GPU-s':>11} {'vs best other':>14}"]
+    lines = [f"{'strategy':<12} {'acc %':>12} {'drift acc %':>12} {'return acc %':>12} {'delay s':>12} "
+             f"{'uploaded':>9} {'train GPU-s':>11} {'zoo':>5} {'vs best other':>14}"]
     for r in table.itertuples():
         lines.append(f"{r.strategy:<12} {pm(r.accuracy, r.accuracy_std, 100):>12} "
                      f"{pm(r.drift_accuracy, r.drift_accuracy_std, 100):>12} "
+                     f"{pm(r.return_accuracy, r.return_accuracy_std, 100):>12} "
                      f"{pm(r.update_delay_s, r.update_delay_s_std):>12} {r.frames_uploaded:>9.0f} "
-                     f"{r.train_gpu_s:>11.1f} {pm(r.margin, r.margin_std, 100, '+'):>14}")
+                     f"{r.train_gpu_s:>11.1f} {r.zoo_hits:>5.1f} {pm(r.margin, r.margin_std, 100, '+'):>14}")
     return "\n".join(lines)
 
 

@@ -10,11 +10,15 @@ loop knowing it:
   :func:`~driftlab.platform.training.fit` (extra parameters, epoch phases,
   loss terms; see :class:`~driftlab.platform.training.FitPlugin`);
 - :meth:`JobPlugin.after_job`: the state that part returned;
-- :meth:`JobPlugin.cost_factor`: the job's cost on the virtual clock.
+- :meth:`JobPlugin.cost_factor`: the job's cost on the virtual clock;
+- :meth:`JobPlugin.after_upload`, :meth:`JobPlugin.new_model`: each upload
+  and each job's model, for a plugin that deploys models of its own
+  (:class:`~driftlab.platform.zoo.ModelZoo`, through :meth:`Server.swap`).
 
 The fleet's plugins come from its config (:func:`job_plugins`): ``borrow``
 > 0 adds :class:`Borrowing`, ``distill: genkd`` adds seed 2's
-:class:`~driftlab.platform.distill.frames.GenKDPlugin`.
+:class:`~driftlab.platform.distill.frames.GenKDPlugin`; a strategy's
+``+zoo`` adds :class:`~driftlab.platform.zoo.ModelZoo`.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from .scheduling import Samples, closest, condition_stats
 if TYPE_CHECKING:
     from .camera import Upload
     from .config import CostModel, SimConfig
+    from .scheduling import Request
+    from .strategies import Strategy
     from .server import Server
     from .training import FitPlugin
 
@@ -52,6 +58,12 @@ class JobPlugin:
 
     def after_job(self, camera: int, state: Any) -> None:
         """What this plugin's fit part returned (``None`` if it did not run)."""
+
+    def after_upload(self, server: Server, upload: Upload, request: Request) -> None:
+        """``upload`` is stored and its labels are back at ``request.ready``."""
+
+    def new_model(self, server: Server, camera: int, state: dict, cutoff: float) -> None:
+        """A job trained on camera ``camera``'s uploads up to ``cutoff`` gave it ``state``."""
 
     def cost_factor(self, costs: CostModel) -> float:
         """The job's sample-epochs cost this many plain ones."""
@@ -89,8 +101,10 @@ class Borrowing(JobPlugin):
         return Samples.concat([samples, closest(pool, newest, self.k)])
 
 
-def job_plugins(cfg: SimConfig, teacher_cvae: dict | None = None) -> list[JobPlugin]:
-    """The job plugins ``cfg`` asks for (genkd needs the teacher CVAE's weights)."""
+def job_plugins(cfg: SimConfig, teacher_cvae: dict | None = None, strategy: Strategy | None = None,
+                ) -> list[JobPlugin]:
+    """The job plugins ``cfg`` asks for (genkd needs the teacher CVAE's
+    weights), and the server components of ``strategy`` (``+zoo``)."""
     plugins: list[JobPlugin] = []
     if cfg.borrow > 0:
         plugins.append(Borrowing(cfg.borrow, cfg.borrow_window))
@@ -100,4 +114,8 @@ def job_plugins(cfg: SimConfig, teacher_cvae: dict | None = None) -> list[JobPlu
         if teacher_cvae is None:
             raise ValueError("distill 'genkd' needs the teacher's seed 2 CVAE")
         plugins.append(GenKDPlugin(teacher_cvae))
+    if strategy is not None and "zoo" in strategy.components:
+        from .zoo import ModelZoo
+
+        plugins.append(ModelZoo(cfg.zoo, cfg.cameras))
     return plugins

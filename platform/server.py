@@ -5,7 +5,8 @@ self-contained :class:`JobInputs`, and keeps its copy of every camera's
 student. :func:`serve_jobs` lets a strategy's training manager start jobs on
 the virtual GPU timeline and turns finished jobs into deployments. Job plugins
 (:mod:`driftlab.platform.plugins`) add samples, columns, loss terms and cost
-to jobs; the server calls their hooks and knows no plugin.
+to jobs, and may deploy models of their own (the model zoo,
+:mod:`driftlab.platform.zoo`); the server calls their hooks and knows no plugin.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ __all__ = ["Server", "JobInputs", "JobRecord", "Deployment", "Executor", "run_jo
 
 @dataclass
 class JobRecord:
-    """One finished retraining job, on the virtual clock."""
+    """One deployment, on the virtual clock: a finished retraining job
+    (``kind="retrain"``) or a model the zoo held (``"zoo"``: started and
+    finished are its check on the labelling GPU; its cost is in label GPU-s)."""
 
     camera: int
     submitted: float
@@ -43,6 +46,7 @@ class JobRecord:
     samples: int
     epochs: int
     gpu_s: float
+    kind: str = "retrain"
 
 
 @dataclass
@@ -115,21 +119,41 @@ class Server:
         self.gpu_free_at = 0.0
         self.teacher_free_at = 0.0
         self.versions = [0] * len(students)
+        self.deployed_at = [0.0] * len(students)   # when each camera gets the server's copy
         self.label_gpu_s = 0.0
         self.uploaded = 0
+        self.swaps: list[Deployment] = []   # plugins' deployments, out with the next serve_jobs
 
     def receive(self, up: Upload, now: float) -> Request:
         """Store an upload's labelled frames; charge the teacher's time; the
-        retraining request is ready when the labels are."""
+        retraining request is ready when the labels are. Plugins see the
+        upload then and may deploy a model (:attr:`swaps`)."""
         cost = len(up.images) * self.cfg.costs.label_s_per_frame
-        self.label_gpu_s += cost
         self.uploaded += len(up.images)
-        self.teacher_free_at = max(self.teacher_free_at, now) + cost
+        self.teacher_free_at = self.charge_teacher(now, cost)
         columns = {k: v for p in self.plugins for k, v in p.columns(up).items()}
         self.stores[up.camera].add(up.images, up.taught, up.times, ready=self.teacher_free_at, columns=columns)
-        return Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
-                       est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
-                       last_update=up.last_update, condition=up.condition)
+        request = Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
+                          est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
+                          last_update=up.last_update, condition=up.condition)
+        for p in self.plugins:
+            p.after_upload(self, up, request)
+        return request
+
+    def charge_teacher(self, after: float, gpu_s: float) -> float:
+        """Run ``gpu_s`` seconds of work on the labelling GPU, no earlier than
+        ``after``; returns when it ends."""
+        self.label_gpu_s += gpu_s
+        self.teacher_free_at = max(self.teacher_free_at, after) + gpu_s
+        return self.teacher_free_at
+
+    def swap(self, camera: int, state: dict, record: JobRecord) -> None:
+        """Make ``state`` the camera's model, deployed at ``record.deployed``
+        (a plugin's model, not a job's: it goes out with the next :func:`serve_jobs`)."""
+        self.models[camera].load_state_dict(state)
+        self.versions[camera] += 1
+        self.deployed_at[camera] = record.deployed
+        self.swaps.append(Deployment(record, self.versions[camera], state))
 
     def forget(self, before: list[float]) -> None:
         """Drop each camera's uploads older than its stream time in ``before``:
@@ -176,12 +200,16 @@ class Server:
                          weights, job.spec, job.update_fraction,
                          teacher_logits=s.logits if job.spec.kd_weight > 0 else None, plugins=fit_plugins)
 
-    def finish(self, camera: int, state: dict, result: FitResult) -> int:
-        """Take a finished job's weights as the camera's model; returns its new version."""
+    def finish(self, job: Job, state: dict, result: FitResult, deployed: float) -> int:
+        """Take a finished job's weights as its camera's model, there at stream
+        time ``deployed``; returns its new version."""
+        camera = job.request.camera
         self.models[camera].load_state_dict(state)
         self.versions[camera] += 1
+        self.deployed_at[camera] = deployed
         for p in self.plugins:
             p.after_job(camera, result.plugin_states.get(p.name))
+            p.new_model(self, camera, state, job.request.cutoff)
         return self.versions[camera]
 
     def work_s(self, result: FitResult, overhead_s: float) -> float:
@@ -201,8 +229,9 @@ Executor = Callable[[list[JobInputs]], list["tuple[dict, FitResult] | None"]]
 def serve_jobs(manager: TrainingManager, server: Server, until: float, execute: Executor) -> list[Deployment]:
     """Start every job ``manager`` schedules before ``until``: ``execute`` runs
     each batch, the GPU timeline charges them, and each finished job becomes a
-    deployment."""
-    out: list[Deployment] = []
+    deployment. The plugins' deployments made since the last call
+    (:attr:`Server.swaps`) come first."""
+    out, server.swaps = server.swaps, []
     while manager.pending:
         start = max(server.gpu_free_at, min(r.ready for r in manager.pending))
         if start >= until:
@@ -223,8 +252,8 @@ def serve_jobs(manager: TrainingManager, server: Server, until: float, execute: 
         server.gpu_free_at = max(finishes)
         for (job, (state, fit_)), fin, w in zip(done, finishes, work):
             cam = job.request.camera
-            version = server.finish(cam, state, fit_)
             deployed = fin + server.downlink_s(cam, job.update_fraction)
+            version = server.finish(job, state, fit_, deployed)
             out.append(Deployment(JobRecord(cam, job.request.cutoff, start, fin, deployed,
                                             fit_.samples, fit_.epochs_run, w), version, state))
     return out

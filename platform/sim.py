@@ -152,7 +152,7 @@ class FleetManager:
 
     def start(self, strategy: Strategy) -> None:
         self.manager = strategy.training_manager(self.cfg)
-        self.server = Server(self.cfg, self.students, self.device, job_plugins(self.cfg, self.teacher_cvae))
+        self.server = Server(self.cfg, self.students, self.device, job_plugins(self.cfg, self.teacher_cvae, strategy))
 
     def submit(self, now: float, uploads: list[list[Upload | None]]) -> None:
         for group in uploads:

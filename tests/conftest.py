@@ -10,7 +10,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from driftlab.platform.config import SimConfig, TeacherSpec, config_from_dict  # noqa: E402
 from driftlab.platform.world import WorldConfig  # noqa: E402
-from driftlab.platform.zoo import TeacherRecipe, train_teacher  # noqa: E402
+from driftlab.platform.pretrained import TeacherRecipe, train_teacher  # noqa: E402
 
 SMALL_WORLD = WorldConfig(size=32, num_classes=4, fps=2.0, object_seconds=4.0)
 

@@ -13,7 +13,7 @@ from driftlab.platform.models import build_student, build_teacher, logits, to_te
 from driftlab.platform.teacher import teach
 from driftlab.platform.training import TrainSpec, fit
 from driftlab.platform.world import render_condition_set
-from driftlab.platform.zoo import load_teacher_genkd, teacher_genkd_checkpoint
+from driftlab.platform.pretrained import load_teacher_genkd, teacher_genkd_checkpoint
 
 from conftest import SMALL_WORLD
 

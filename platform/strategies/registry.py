@@ -1,6 +1,6 @@
-"""Strategy names -> (camera policy, training manager, default camera components).
+"""Strategy names -> (camera policy, training manager, default components).
 
-A name in a config may add camera components with ``+`` and drop a
+A name in a config may add components with ``+`` and drop a
 strategy's defaults with ``-``; :func:`parse_strategy` reads it, once, into a
 :class:`Strategy`, a small picklable value that each process uses to build
 only its own half: a camera its :class:`CameraPolicy` (and its trigger and
@@ -12,6 +12,7 @@ travels to Ray actors inside that value, so they need not import the module.
     parse_strategy("edgesync+cp")    # EdgeSync, uploads on change points
     parse_strategy("ams+refit")      # AMS whose cameras refit BatchNorm
     parse_strategy("edgesync-refit") # EdgeSync without its refit
+    parse_strategy("ams+zoo")        # AMS with a model zoo on the server
 """
 from __future__ import annotations
 
@@ -33,8 +34,12 @@ COMPONENTS: dict[str, str] = {
           "shows a change point (seed 3's detector), not every period",
     "refit": "BatchNorm refit: the camera refits its student's shallow BatchNorm "
              "statistics to its latest frames (settings: refit)",
+    "zoo": "model zoo (server): past models kept by the condition they were trained in, "
+           "one deployed at once when a camera's uploads show that condition again (settings: zoo)",
 }
-"""Camera components a strategy name can add (``+name``) or drop (``-name``)."""
+"""Components a strategy name can add (``+name``) or drop (``-name``): the
+camera's (``cp``, ``refit``: :mod:`driftlab.platform.adapters`) and the
+server's (``zoo``: :mod:`driftlab.platform.zoo`)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class StrategyDef:
         name: its registry name.
         policy: its camera-side class.
         manager: its server-side class.
-        components: camera components it has by default (see :data:`COMPONENTS`).
+        components: components it has by default (see :data:`COMPONENTS`).
         adapts: False for a strategy that never retrains (no uploads, no jobs).
     """
 
@@ -74,12 +79,12 @@ def register_strategy(name: str, policy: type[CameraPolicy] = CameraPolicy,
 
 @dataclass(frozen=True)
 class Strategy:
-    """A strategy as one run uses it: its definition and its camera components.
+    """A strategy as one run uses it: its definition and its components.
 
     Attributes:
         name: as the config wrote it (``"edgesync+cp"``); results are filed under it.
         definition: the registered strategy.
-        components: the camera components its cameras hold.
+        components: its camera and server components.
     """
 
     name: str
@@ -124,6 +129,8 @@ def parse_strategy(name: str) -> Strategy:
         (components.add if sign == "+" else components.discard)(component)
     if "cp" in components and not definition.adapts:
         raise ValueError(f"strategy {name!r}: {base} never retrains, so it has nothing to trigger")
+    if "zoo" in components and not definition.adapts:
+        raise ValueError(f"strategy {name!r}: {base} never uploads, so its zoo would see no condition")
     return Strategy(name, definition, frozenset(components))
 
 
