@@ -48,7 +48,8 @@ class ManagerActor:
         self._delay = Gauge("driftlab_update_delay_s",
                             "stream seconds from a job's request to its deployment",
                             tag_keys=("strategy", "camera"))
-        self._jobs = Counter("driftlab_jobs", "retraining jobs run", tag_keys=("strategy",))
+        self._jobs = Counter("driftlab_jobs", "models deployed, by kind: retrain (a job) or zoo",
+                             tag_keys=("strategy", "kind"))
 
     def start(self, strategy: Strategy) -> None:
         """A fresh server state and the strategy's training manager."""
@@ -75,11 +76,11 @@ class ManagerActor:
         out = self.fleet.serve(until)
         tags = {"strategy": self.name}
         for d in out:
-            self._delay.set(d.record.deployed - d.record.submitted,
-                            {**tags, "camera": str(d.record.camera)})
+            if d.record.kind == "retrain":
+                self._delay.set(d.record.deployed - d.record.submitted,
+                                {**tags, "camera": str(d.record.camera)})
+            self._jobs.inc(1, {**tags, "kind": d.record.kind})
             d.state = ray.put(d.state)
-        if out:
-            self._jobs.inc(len(out), tags)
         self._queue.set(len(self.fleet.manager.pending), tags)
         return out
 

@@ -18,8 +18,8 @@ import pandas as pd
 
 from .validation import ConfigError
 
-__all__ = ["ResultSink", "PROGRESS", "write_atomic", "summarize", "returned", "reaction_time", "JOB_COLUMNS", "format_table", "plot_accuracy", "SUMMARY_COLUMNS",
-           "over_seeds", "format_seed_table",
+__all__ = ["ResultSink", "PROGRESS", "write_atomic", "summarize", "returned", "reaction_time", "JOB_COLUMNS",
+           "format_table", "plot_accuracy", "SUMMARY_COLUMNS", "over_seeds", "format_seed_table",
            "detection_map", "segment_iou", "THUMOS_TIOUS", "write_parquet"]
 
 PROGRESS = "progress.json"

@@ -159,8 +159,10 @@ def test_several_seeds_run_each_and_report_mean_and_std(tiny_cfg, tmp_path):
     assert info["command"].startswith("python experiments/drift_sim.py --inline") and info["model_cache"] and info["commit"]
     table = tmp_path / "table.md"
     rep = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path / "runs"),
-                          "--pairs", "periodic:static", "--out", str(table)], capture_output=True, text=True)
+                          "--pairs", "periodic:static", "--metric", "accuracy,return_accuracy", "--out", str(table)],
+                         capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
+    assert "accuracy %:" in table.read_text() and "return_accuracy %:" in table.read_text()
     diff = acc.periodic - acc.static
     row = f"| day_night | 2 | {100 * acc.static.mean():.1f} ± {100 * acc.static.std():.1f} |"
     assert row in table.read_text() and f"{100 * diff.mean():+.1f} ± {100 * diff.std():.1f} |" in table.read_text()
@@ -168,6 +170,9 @@ def test_several_seeds_run_each_and_report_mean_and_std(tiny_cfg, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no summary.parquet" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path / "runs"),
+                          "--metric", "acc"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no column acc" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_a_killed_multi_seed_run_resumes_to_the_uninterrupted_summary(tiny_cfg, tmp_path):

@@ -7,7 +7,7 @@ import torch
 from driftlab.platform.adapters import BatchNormRefit, camera_components
 from driftlab.platform.camera import Camera, Upload, build_camera
 from driftlab.platform.config import DISTILL_WEIGHTS, ConfigError, RefitParams, SimConfig
-from driftlab.platform.metrics import format_seed_table, over_seeds
+from driftlab.platform.metrics import JOB_COLUMNS, format_seed_table, over_seeds, returned, summarize
 from driftlab.platform.models import build_student, clone, predict, recalibrate_bn, to_tensor
 from driftlab.platform.plugins import job_plugins
 from driftlab.platform.runner import run_inline
@@ -250,8 +250,10 @@ def test_over_seeds_gives_mean_std_and_the_paired_margin():
         "strategy": ["a", "b", "c"] * 2, "seed": [0, 0, 0, 1, 1, 1],
         "accuracy": [0.70, 0.60, 0.65, 0.50, 0.58, 0.40],
         "drift_accuracy": [0.6, 0.5, 0.5, 0.4, 0.5, 0.3],
+        "return_accuracy": [0.9, np.nan, 0.8, 0.7, np.nan, 0.6],
         "update_delay_s": [10.0, 20.0, np.nan, 12.0, 22.0, np.nan],
-        "frames_uploaded": [100, 50, 0, 120, 50, 0], "train_gpu_s": [5.0, 6.0, 0.0, 7.0, 6.0, 0.0]})
+        "frames_uploaded": [100, 50, 0, 120, 50, 0], "train_gpu_s": [5.0, 6.0, 0.0, 7.0, 6.0, 0.0],
+        "zoo_hits": [3, 0, 0, 5, 0, 0]})
     t = over_seeds(by_seed).set_index("strategy")
     assert list(t.index) == ["a", "b", "c"] and (t.seeds == 2).all()
     assert t.loc["a", "accuracy"] == pytest.approx(0.60)
@@ -262,5 +264,19 @@ def test_over_seeds_gives_mean_std_and_the_paired_margin():
     assert t.loc["b", "margin"] == pytest.approx((-0.10 + 0.08) / 2)
     assert t.loc["a", "margin_std"] == pytest.approx(np.std([0.05, -0.08], ddof=1))
     assert t.loc["a", "frames_uploaded"] == 110 and np.isnan(t.loc["c", "update_delay_s"])
+    assert t.loc["a", "return_accuracy"] == pytest.approx(0.8) and np.isnan(t.loc["b", "return_accuracy"])
+    assert t.loc["a", "zoo_hits"] == 4
     text = format_seed_table(t.reset_index())
-    assert "60.0 ± 14.1" in text and "-1.5 ± 9.2" in text
+    assert "60.0 ± 14.1" in text and "-1.5 ± 9.2" in text and "80.0 ± 14.1" in text
+
+
+def test_return_accuracy_counts_the_frames_back_home_after_a_drift():
+    frames = pd.DataFrame({   # camera 1's rows out of time order, as a flush may leave them
+        "strategy": "a", "camera": [0, 0, 0, 0, 0, 1, 1, 1], "t": [0, 1, 2, 3, 4, 2, 0, 1],
+        "label": 0, "pred": [0, 0, 1, 1, 0, 0, 1, 1], "drifted": [False, True, True, False, False, False, True, False]})
+    frames["correct"] = frames.pred == frames.label
+    assert returned(frames).tolist() == [False, False, False, True, True, True, False, True]
+    jobs = pd.DataFrame(columns=JOB_COLUMNS)
+    s = summarize(frames, jobs, ["a"], {}, {}).iloc[0]
+    assert s.return_accuracy == pytest.approx(2 / 4) and s.drift_accuracy == pytest.approx(1 / 3)
+    assert s.jobs == 0 and s.zoo_hits == 0 and np.isnan(s.reaction_s)
