@@ -78,6 +78,8 @@ class ResultSink:
             return
         frames = pd.read_parquet(os.path.join(self.out_dir, "frames.parquet"))
         jobs = pd.read_parquet(os.path.join(self.out_dir, "jobs.parquet"))
+        if "kind" not in jobs:   # written before the zoo: every row a job
+            jobs.insert(2, "kind", "retrain")
         frames = frames.drop(columns=["label_name", "pred_name"], errors="ignore")
         for s, figures in done.items():
             self._frames[s] = [frames[frames.strategy == s].reset_index(drop=True)]

@@ -62,8 +62,9 @@ class JobPlugin:
     def after_upload(self, server: Server, upload: Upload, request: Request) -> None:
         """``upload`` is stored and its labels are back at ``request.ready``."""
 
-    def new_model(self, server: Server, camera: int, state: dict, cutoff: float) -> None:
-        """A job trained on camera ``camera``'s uploads up to ``cutoff`` gave it ``state``."""
+    def new_model(self, server: Server, camera: int, state: dict, cutoff: float, deployed: float) -> None:
+        """A job trained on camera ``camera``'s uploads up to ``cutoff`` gave
+        it ``state``, at the camera at stream time ``deployed``."""
 
     def cost_factor(self, costs: CostModel) -> float:
         """The job's sample-epochs cost this many plain ones."""

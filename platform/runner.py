@@ -142,7 +142,8 @@ def _check_resumable(cfg: SimConfig, out_dir: str) -> None:
         raise ConfigError(f"cannot resume: {path} is unreadable ({e}); give a new --out") from None
     if not isinstance(old, dict):
         raise ConfigError(f"cannot resume: {path} is not a config; give a new --out")
-    differs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    default = config_to_dict(SimConfig())   # a setting newer than the run's file has its default there
+    differs = sorted(k for k in set(old) | set(new) if old.get(k, default.get(k)) != new.get(k))
     if differs:
         raise ConfigError(f"cannot resume: {out_dir} holds a run of another config (it differs in "
                           f"{', '.join(differs)}); run the same command, or give a new --out")

@@ -120,6 +120,7 @@ class Server:
         self.teacher_free_at = 0.0
         self.versions = [0] * len(students)
         self.deployed_at = [0.0] * len(students)   # when each camera gets the server's copy
+        self.answered = [-math.inf] * len(students)  # requests cut off before this were answered (a swap)
         self.label_gpu_s = 0.0
         self.uploaded = 0
         self.swaps: list[Deployment] = []   # plugins' deployments, out with the next serve_jobs
@@ -148,11 +149,18 @@ class Server:
         return self.teacher_free_at
 
     def swap(self, camera: int, state: dict, record: JobRecord) -> None:
-        """Make ``state`` the camera's model, deployed at ``record.deployed``
-        (a plugin's model, not a job's: it goes out with the next :func:`serve_jobs`)."""
+        """Make ``state`` the camera's model (a plugin's model, not a job's:
+        it goes out with the next :func:`serve_jobs`), deployed at
+        ``record.deployed``, which must not precede any model still on its
+        way to the camera. The camera's requests cut off before
+        ``record.submitted`` are answered: no job serves them."""
+        if record.deployed < self.deployed_at[camera]:
+            raise ValueError(f"camera {camera}: a swap deployed at {record.deployed} would land before "
+                             f"the model on its way ({self.deployed_at[camera]})")
         self.models[camera].load_state_dict(state)
         self.versions[camera] += 1
         self.deployed_at[camera] = record.deployed
+        self.answered[camera] = max(self.answered[camera], record.submitted)
         self.swaps.append(Deployment(record, self.versions[camera], state))
 
     def forget(self, before: list[float]) -> None:
@@ -202,14 +210,15 @@ class Server:
 
     def finish(self, job: Job, state: dict, result: FitResult, deployed: float) -> int:
         """Take a finished job's weights as its camera's model, there at stream
-        time ``deployed``; returns its new version."""
+        time ``deployed`` (not before any model already on its way: see
+        :func:`serve_jobs`); returns its new version."""
         camera = job.request.camera
         self.models[camera].load_state_dict(state)
         self.versions[camera] += 1
         self.deployed_at[camera] = deployed
         for p in self.plugins:
             p.after_job(camera, result.plugin_states.get(p.name))
-            p.new_model(self, camera, state, job.request.cutoff)
+            p.new_model(self, camera, state, job.request.cutoff, deployed)
         return self.versions[camera]
 
     def work_s(self, result: FitResult, overhead_s: float) -> float:
@@ -230,8 +239,12 @@ def serve_jobs(manager: TrainingManager, server: Server, until: float, execute: 
     """Start every job ``manager`` schedules before ``until``: ``execute`` runs
     each batch, the GPU timeline charges them, and each finished job becomes a
     deployment. The plugins' deployments made since the last call
-    (:attr:`Server.swaps`) come first."""
+    (:attr:`Server.swaps`) come first, and the requests they answered are
+    withdrawn from the manager."""
     out, server.swaps = server.swaps, []
+    for camera, before in enumerate(server.answered):
+        if before > -math.inf:
+            manager.withdraw(camera, before)
     while manager.pending:
         start = max(server.gpu_free_at, min(r.ready for r in manager.pending))
         if start >= until:
@@ -252,7 +265,8 @@ def serve_jobs(manager: TrainingManager, server: Server, until: float, execute: 
         server.gpu_free_at = max(finishes)
         for (job, (state, fit_)), fin, w in zip(done, finishes, work):
             cam = job.request.camera
-            deployed = fin + server.downlink_s(cam, job.update_fraction)
+            # Never before a model still on its way (a plugin's): the camera applies them in time order.
+            deployed = max(fin + server.downlink_s(cam, job.update_fraction), server.deployed_at[cam])
             version = server.finish(job, state, fit_, deployed)
             out.append(Deployment(JobRecord(cam, job.request.cutoff, start, fin, deployed,
                                             fit_.samples, fit_.epochs_run, w), version, state))

@@ -162,7 +162,7 @@ def test_several_seeds_run_each_and_report_mean_and_std(tiny_cfg, tmp_path):
                           "--pairs", "periodic:static", "--metric", "accuracy,return_accuracy", "--out", str(table)],
                          capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
-    assert "accuracy %:" in table.read_text() and "return_accuracy %:" in table.read_text()
+    assert "\naccuracy %:" in table.read_text() and "\nreturn_accuracy %:" in table.read_text()
     diff = acc.periodic - acc.static
     row = f"| day_night | 2 | {100 * acc.static.mean():.1f} ± {100 * acc.static.std():.1f} |"
     assert row in table.read_text() and f"{100 * diff.mean():+.1f} ± {100 * diff.std():.1f} |" in table.read_text()

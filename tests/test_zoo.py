@@ -59,28 +59,41 @@ def same_weights(a: dict, b: dict) -> bool:
 
 def test_a_zoo_hit_deploys_the_stored_model_when_its_condition_returns():
     server, zoo, day, night = zoo_server()
+    manager = parse_strategy("periodic+zoo").training_manager(server.cfg)
     upload(server, DAY, 10.0, day)              # the initial model is stored under the first upload's condition
     assert len(zoo.entries[0]) == 1 and zoo.current[0] is zoo.entries[0][0]
     finish(server, upload(server, NIGHT, 20.0, night), night, deployed=25.0)   # adapted to the night
     assert len(zoo.entries[0]) == 2 and not server.swaps and zoo.checks == 0   # a new condition: no check
+    manager.submit(upload(server, NIGHT, 30.0, night))    # still waiting when the day comes back
 
     free = server.teacher_free_at
     request = upload(server, DAY, 40.0, day)     # day again; the teacher agrees with the day model
-    assert (zoo.checks, zoo.hits) == (1, 1)
+    manager.submit(request)
+    assert (zoo.checks, zoo.hits) == (1, 1) and request.est_accuracy == 1.0
     costs, n = server.cfg.costs, 8
     assert request.ready == pytest.approx(max(free, 40.0) + n * costs.label_s_per_frame)
     check_end = request.ready + 2 * n * costs.train_s_per_sample_epoch / 3   # two students' forward passes
-    [swap] = serve_jobs(TrainingManager(server.cfg), server, until=50.0, execute=lambda batch: [])
+    trained = []
+
+    def execute(batch):   # the retraining runs no epoch: the zoo's part is what is tested
+        trained.extend(batch)
+        return [(inputs.state, FitResult(1, len(inputs.labels))) for inputs in batch]
+
+    swap, job = serve_jobs(manager, server, until=100.0, execute=execute)
     assert swap.record.kind == "zoo" and swap.record.camera == 0 and swap.record.submitted == 40.0
     assert swap.record.finished == pytest.approx(check_end)
     assert swap.record.deployed == pytest.approx(check_end + server.downlink_s(0, 1.0))
-    assert swap.version == 2 and same_weights(swap.state, day.state_dict())
-    assert same_weights(server.models[0].state_dict(), day.state_dict()) and not server.swaps
-    # Retraining goes on from the zoo's model, on the day frames only.
-    job = Job(request, train_spec(server.cfg, epochs=1), since=0.0)
-    inputs = server.job_inputs(job, start=45.0)
+    assert swap.version == 2 and same_weights(swap.state, day.state_dict()) and not server.swaps
+    # The night request is withdrawn; the day one's job goes on from the zoo's model, on day frames only.
+    [inputs] = trained
+    assert job.record.kind == "retrain" and job.record.submitted == 40.0 and job.version == 3
     assert len(inputs.labels) == n and inputs.images.min() >= DAY - 8
     assert same_weights(inputs.state, day.state_dict())
+    # A job never lands before a model already on its way: the camera applies them in time order.
+    server.deployed_at[0] = 500.0
+    manager.submit(upload(server, DAY, 50.0, day))
+    [late] = serve_jobs(manager, server, until=100.0, execute=execute)
+    assert late.record.deployed == 500.0
 
 
 def test_a_zoo_miss_leaves_the_camera_to_retraining():
@@ -111,13 +124,19 @@ def test_the_zoo_keeps_its_bound_and_the_conditions_the_camera_lived_in():
     finish(server, upload(server, NIGHT, 30.0, night), night, deployed=35.0)
     finish(server, upload(server, NIGHT + 20, 40.0, night), night, deployed=45.0)   # a third condition
     assert len(zoo.entries[0]) == 2
-    # Of the two closest (the nights), the older one leaves: the new one never does.
+    # Of the two closest (the nights), each matched once: the one used longer ago leaves.
     levels = sorted(float(e.condition[:3].mean() * 255) for e in zoo.entries[0])
     np.testing.assert_allclose(levels, [NIGHT + 20, DAY], atol=1.5)
     assert sorted(e.support for e in zoo.entries[0]) == [1, 2]
+    # A passing condition next to the day, which the camera lived in longer: the new model leaves.
+    finish(server, upload(server, DAY - 40, 45.0, night), night, deployed=47.0)
+    levels = sorted(float(e.condition[:3].mean() * 255) for e in zoo.entries[0])
+    np.testing.assert_allclose(levels, [NIGHT + 20, DAY], atol=1.5)
+    assert zoo.current[0] is None
     # A model within match_distance of a stored one replaces its weights; its key stays.
     key = next(e for e in zoo.entries[0] if e.condition[:3].mean() > 0.5).condition.copy()
-    finish(server, upload(server, DAY + 2, 50.0, day), night, deployed=55.0)
+    finish(server, upload(server, DAY + 2, 50.0, day), night, deployed=55.0)   # (a zoo hit on the way)
+    assert zoo.hits == 1
     entry = next(e for e in zoo.entries[0] if e.condition[:3].mean() > 0.5)
     assert len(zoo.entries[0]) == 2 and np.array_equal(entry.condition, key)
     assert same_weights(entry.state, night.state_dict()) and zoo.memory_bytes() == 2 * entry.nbytes

@@ -101,6 +101,11 @@ class TrainingManager:
     def submit(self, request: Request) -> None:
         self.pending.append(request)
 
+    def withdraw(self, camera: int, before: float) -> None:
+        """Drop camera ``camera``'s requests cut off before stream time
+        ``before``: a server plugin answered them (the zoo deployed a model)."""
+        self.pending = [r for r in self.pending if r.camera != camera or r.cutoff >= before]
+
     def next_batch(self, now: float, server: Profiler) -> list[Job]:
         """Jobs to start at ``now`` (the GPUs are free); may drop stale requests."""
         return []
