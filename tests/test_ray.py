@@ -95,7 +95,7 @@ def test_ray_run_equals_inline_and_survives_crashes(local_ray, tiny_cfg, tmp_pat
     # edgesync with the change-point trigger: the detector's state must survive the crash too;
     # genkd: the teacher's attention over Serve, each camera's seed 2 parts through Ray Train;
     # borrow: jobs take other cameras' samples from the manager's store;
-    # ams+zoo: the zoo's models and checks in the manager actor;
+    # edgesync+zoo: the zoo's checks in the manager actor, its models to the camera groups;
     # newest_first+refit: a strategy from the user's own module, with a camera component.
     _import_user_strategy(tmp_path)
     try:
@@ -108,21 +108,22 @@ def test_ray_run_equals_inline_and_survives_crashes(local_ray, tiny_cfg, tmp_pat
 def _run_equals_inline(tiny_cfg, tmp_path, http_port: int):
     from ray.util.state import list_actors
 
-    cfg = tiny_cfg(strategies=["ams+zoo", "edgesync+cp", "newest_first+refit"],
+    cfg = tiny_cfg(strategies=["ams", "edgesync+cp", "newest_first+refit", "edgesync+zoo"],
                    changepoint={"min_snippets": 10, "hold": 40.0}, distill="genkd", borrow=4)
     inline = run_inline(cfg, progress=False, log=lambda *_: None)
     assert inline.set_index("strategy").loc["edgesync+cp", "jobs"] > 0  # the trigger fired
     mine = inline.set_index("strategy").loc["newest_first+refit"]
     assert mine.jobs > 0 and mine.frames_uploaded <= cfg.duration * cfg.world.fps * cfg.cameras / 10
+    assert inline.set_index("strategy").loc["edgesync+zoo", "zoo_hits"] > 0
     seen: dict[str, set] = {}
 
     def after_tick(strategy, k):  # the strategies run at once, each in its own driver thread
-        if strategy == "ams+zoo" and k == 2:  # the teacher's replica dies; Serve replaces it
+        if strategy == "ams" and k == 2:  # the teacher's replica dies; Serve replaces it
             replica = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
                            if a.class_name.startswith("ServeReplica:teacher:Teacher"))
             ray.kill(ray.get_actor(replica.name, namespace="serve"), no_restart=True)
             seen["killed_replica"] = replica.actor_id
-        if strategy == "ams+zoo" and k == 8:
+        if strategy == "ams" and k == 8:
             seen["ids"] = {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)}
         if strategy == "edgesync+cp" and k == 3:
             alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
@@ -131,12 +132,12 @@ def _run_equals_inline(tiny_cfg, tmp_path, http_port: int):
             ray.kill(ray.get_actor("edgesync+cp/cameras-1"), no_restart=False)  # a crash mid-run
 
     out = tmp_path / "ray"
-    # One camera per group actor: two groups per strategy, all three strategies at once.
-    summary = run_on_ray(cfg, RayOptions(http_port=http_port, cameras_per_actor=1, strategies_at_once=3),
+    # One camera per group actor: two groups per strategy, all four strategies at once.
+    summary = run_on_ray(cfg, RayOptions(http_port=http_port, cameras_per_actor=1, strategies_at_once=4),
                          out_dir=str(out),
                          progress=False, log=lambda *_: None, after_tick=after_tick)
     # The dashboard's state API saw the named parts while the run was going.
-    assert {f"{s}/{part}" for s in ("ams+zoo", "edgesync+cp", "newest_first+refit")
+    assert {f"{s}/{part}" for s in ("ams", "edgesync+cp", "newest_first+refit", "edgesync+zoo")
             for part in ("cameras-0", "cameras-1", "manager")} <= seen["names"]
     assert any(c.startswith("ServeReplica:teacher:Teacher") for c in seen["classes"])
     assert seen["killed_replica"] not in seen["ids"]  # a new replica served the rest
@@ -146,7 +147,7 @@ def _run_equals_inline(tiny_cfg, tmp_path, http_port: int):
     assert max(a.num_restarts for a in restarted) >= 1
     pd.testing.assert_frame_equal(inline, summary)
     frames = pd.read_parquet(out / "frames.parquet")
-    assert len(frames) == 3 * cfg.cameras * int(cfg.duration * cfg.world.fps)
+    assert len(frames) == 4 * cfg.cameras * int(cfg.duration * cfg.world.fps)
     assert (out / "summary.parquet").exists() and (out / "accuracy.png").exists()
 
 
