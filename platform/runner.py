@@ -26,7 +26,7 @@ from .strategies import parse_strategies
 from .world import CameraStream, FrameSource, get_scenario
 from .world.recorded import RecordedSource, SourceSpec, open_recording
 from .pretrained import (StudentJob, TrainStudents, given_student, initial_students, load_teacher_genkd,
-                  teacher_genkd_checkpoint, train_students_here, with_teacher_weights)
+                         teacher_genkd_checkpoint, train_students_here, with_teacher_weights)
 
 __all__ = ["build_sources", "label_recordings", "build_fleet", "run_inline", "run_strategies", "finished_summary",
            "set_determinism"]
