@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .models import build_student, clone, predict
+from .models import clone, predict
 from .plugins import JobPlugin
 from .scheduling import Samples, condition_stats
 from .server import JobRecord
@@ -103,7 +103,6 @@ class ModelZoo(JobPlugin):
         current: the entry each camera's model is (or was refined from);
             ``None`` when its model is in no entry (the zoo evicted it at once).
         checks, hits: candidates checked, and deployed.
-        peak_bytes: the most the zoo held at once, in bytes.
     """
 
     name = "zoo"
@@ -112,7 +111,7 @@ class ModelZoo(JobPlugin):
         self.p = params
         self.entries: list[list[ZooEntry]] = [[] for _ in range(cameras)]
         self.current: list[ZooEntry | None] = [None] * cameras
-        self.checks = self.hits = self.peak_bytes = 0
+        self.checks = self.hits = 0
         self.since = [0.0] * cameras   # a camera's jobs read its uploads from here on
         self._scratch = None
 
@@ -198,11 +197,9 @@ class ModelZoo(JobPlugin):
                 if gone is entry:
                     entry = None
         self.current[camera] = entry
-        self.peak_bytes = max(self.peak_bytes, self.memory_bytes())
 
     def _model(self, server: Server, state: dict):
-        if self._scratch is None:
-            self._scratch = clone(server.models[0]) if server.models else build_student(
-                server.cfg.student, server.cfg.num_classes)
+        if self._scratch is None:   # one model to load candidates into (the fleet shares an architecture)
+            self._scratch = clone(server.models[0])
         self._scratch.load_state_dict(state)
         return self._scratch.eval()
