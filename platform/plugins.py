@@ -4,7 +4,8 @@ A plugin keeps its own per-camera state on the server and hooks into the job's
 life, the way Avalanche's ``LwFPlugin`` adds its loss term without the training
 loop knowing it:
 
-- :meth:`JobPlugin.columns`: per-sample columns stored with each upload;
+- :attr:`JobPlugin.columns`: per-sample columns (of :data:`UPLOAD_COLUMNS`)
+  stored with each upload, computed once whoever asks;
 - :meth:`JobPlugin.extend`: the job's samples (add or drop some);
 - :meth:`JobPlugin.fit_plugin`: a part that runs inside
   :func:`~driftlab.platform.training.fit` (extra parameters, epoch phases,
@@ -22,7 +23,7 @@ The fleet's plugins come from its config (:func:`job_plugins`): ``borrow``
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -36,17 +37,20 @@ if TYPE_CHECKING:
     from .server import Server
     from .training import FitPlugin
 
-__all__ = ["JobPlugin", "Borrowing", "job_plugins"]
+__all__ = ["JobPlugin", "Borrowing", "UPLOAD_COLUMNS", "job_plugins"]
+
+#: Per-sample columns a plugin may ask the server to store with an upload's
+#: frames, by name; each is computed once per upload, whoever asks.
+UPLOAD_COLUMNS: dict[str, Callable[[Upload], np.ndarray]] = {
+    "condition": lambda up: condition_stats(up.images),   # (N, 6): mean and spread of each colour channel
+}
 
 
 class JobPlugin:
     """Hooks a job plugin may fill in (each a no-op here)."""
 
     name = "plugin"
-
-    def columns(self, upload: Upload) -> dict[str, np.ndarray]:
-        """Per-sample columns (N, ...) to store with ``upload``'s frames."""
-        return {}
+    columns: tuple[str, ...] = ()   # names in UPLOAD_COLUMNS to store with each upload's frames
 
     def extend(self, server: Server, camera: int, samples: Samples, cutoff: float, start: float) -> Samples:
         """The samples of camera ``camera``'s job (requested at ``cutoff``, starting at ``start``)."""
@@ -85,12 +89,10 @@ class Borrowing(JobPlugin):
     Each upload's conditions are computed once, when it arrives."""
 
     name = "borrow"
+    columns = ("condition",)
 
     def __init__(self, k: int, window: float):
         self.k, self.window = k, window
-
-    def columns(self, upload: Upload) -> dict[str, np.ndarray]:
-        return {"condition": condition_stats(upload.images)}
 
     def lookback(self) -> float:
         return self.window

@@ -20,7 +20,7 @@ from torch import nn
 
 from .camera import Upload
 from .models import build_student, clone, count_params
-from .plugins import JobPlugin
+from .plugins import UPLOAD_COLUMNS, JobPlugin
 from .scheduling import Job, Request, SampleStore, share_gpu
 from .strategies import TrainingManager
 from .strategies.base import train_spec
@@ -132,7 +132,7 @@ class Server:
         cost = len(up.images) * self.cfg.costs.label_s_per_frame
         self.uploaded += len(up.images)
         self.teacher_free_at = self.charge_teacher(now, cost)
-        columns = {k: v for p in self.plugins for k, v in p.columns(up).items()}
+        columns = {name: UPLOAD_COLUMNS[name](up) for name in sorted({c for p in self.plugins for c in p.columns})}
         self.stores[up.camera].add(up.images, up.taught, up.times, ready=self.teacher_free_at, columns=columns)
         request = Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
                           est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,

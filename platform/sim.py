@@ -16,7 +16,7 @@ so every number is independent of how loaded the machine is.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Iterator, Protocol
 

@@ -52,7 +52,7 @@ import numpy as np
 
 from .models import clone, predict
 from .plugins import JobPlugin
-from .scheduling import Samples, condition_stats
+from .scheduling import Samples
 from .server import JobRecord
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class ModelZoo(JobPlugin):
     """
 
     name = "zoo"
+    columns = ("condition",)
 
     def __init__(self, params: ZooParams, cameras: int):
         self.p = params
@@ -114,9 +115,6 @@ class ModelZoo(JobPlugin):
         self.checks = self.hits = 0
         self.since = [0.0] * cameras   # a camera's jobs read its uploads from here on
         self._scratch = None
-
-    def columns(self, upload: Upload) -> dict[str, np.ndarray]:
-        return {"condition": condition_stats(upload.images)}
 
     def after_upload(self, server: Server, upload: Upload, request: Request) -> None:
         cam, now = upload.camera, request.cutoff

@@ -137,6 +137,23 @@ def test_ekya_prior_is_scaled_down_by_a_poor_profile():
     assert extrapolate(flat, 30) < extrapolate(good, 30) - 0.08   # the prior's end, scaled down
 
 
+def test_ekya_profile_on_part_of_the_window_counts_in_window_epochs(monkeypatch):
+    """A profile that trained on a third of the window reached its accuracy
+    after a third of the sample visits a whole-window epoch costs: it
+    predicts more at the same window epochs than one run on all of it."""
+    good = [0.4, 0.55, 0.65, 0.7, 0.74, 0.77]
+    assert extrapolate(good, 5 / 3, step=1 / 3) == pytest.approx(0.77, abs=0.04)   # its own last point
+    assert extrapolate(good, 2, step=1 / 3) > extrapolate(good, 2) + 0.05
+    import driftlab.platform.strategies.ekya as ekya
+
+    steps = []
+    monkeypatch.setattr(ekya, "extrapolate", lambda curve, x, step: steps.append(step) or extrapolate(curve, x, step))
+    s = EkyaManager(SimConfig(cameras=1))
+    s.submit(req(0, 60, acc=0.3))
+    s.next_batch(60.0, NoProfiler())   # 3 profiled epochs cost 30 sample-epochs of a 20-sample window
+    assert steps and steps == pytest.approx([0.5] * len(steps))
+
+
 def test_share_gpu_is_work_conserving():
     assert share_gpu(0.0, [10.0], [1.0], 1.0) == [10.0]
     a, b = share_gpu(0.0, [2.0, 10.0], [0.5, 0.5], 1.0)

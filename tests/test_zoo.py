@@ -10,7 +10,7 @@ from driftlab.platform.models import build_student, clone, predict
 from driftlab.platform.plugins import job_plugins
 from driftlab.platform.scheduling import Job, Request
 from driftlab.platform.server import Server, serve_jobs
-from driftlab.platform.strategies import TrainingManager, parse_strategy
+from driftlab.platform.strategies import parse_strategy
 from driftlab.platform.strategies.base import train_spec
 from driftlab.platform.training import FitResult
 from driftlab.platform.zoo import ModelZoo

@@ -94,14 +94,12 @@ class EkyaManager(TrainingManager):
             if not curve:
                 continue
             now_acc = curve[0]
+            # x is epochs of the whole window's data (sample visits / n): a
+            # profiled epoch on a part of the window sits at that part.
+            step = trial_cost / ((len(curve) - 1) * n)
             for frac in self.fraction_options:
                 for epochs in self.epoch_options:
-                    # Runtime linear in epochs and data; accuracy extrapolated in
-                    # epochs x fraction, while the profile's points sit at its
-                    # epoch count (run on a part of the window): as the
-                    # authors' code, whose x is epochs whatever the profile's
-                    # subsample (and which has no data knob).
-                    acc = extrapolate(curve, epochs * frac)
+                    acc = extrapolate(curve, epochs * frac, step=step)
                     opts.append((epochs, frac, layers, acc, epochs * frac * n * cost))
         return opts, spent, now_acc
 
@@ -172,24 +170,29 @@ def _fit(xs, ys) -> tuple[float, float, float]:
     return float(_B0[i]), float(_B1[j]), float(b2[i, j])
 
 
-def extrapolate(curve: list[float], x: float, end_accuracy: float = EKYA_CONFIG["prior_end_accuracy"],
+def extrapolate(curve: list[float], x: float, step: float = 1.0,
+                end_accuracy: float = EKYA_CONFIG["prior_end_accuracy"],
                 end_epochs: float = EKYA_CONFIG["prior_end_epochs"], weight: int = EKYA_CONFIG["prior_weight"],
                 expectation: float = EKYA_CONFIG["profile_expectation"]) -> float:
     """Accuracy after ``x`` epochs predicted from a micro-profile, as the
     authors' ``get_scaled_optimus_fn``: a prior curve from ``curve[0]`` (the
     accuracy before training) to ``end_accuracy`` at ``end_epochs``, its end
-    scaled down by how far the profiled points (``curve[1:]``, after epochs
-    1..k) fall below it (times ``expectation``), then :func:`optimus` fitted
-    to the profile plus ``weight + 2`` points of the scaled prior.
+    scaled down by how far the profiled points (``curve[1:]``, at ``step``,
+    ``2 * step``, ...) fall below it (times ``expectation``), then
+    :func:`optimus` fitted to the profile plus ``weight + 2`` points of the
+    scaled prior.
 
     Args:
         curve: validation accuracy before and after each profiled epoch, in [0, 1].
         x: epochs (sample visits in units of the window's data) to predict for.
+        step: the window epochs one profiled epoch is worth: the share of the
+            window's samples the profile trained on (the authors' code takes 1
+            whatever its subsample).
     Returns:
         the predicted accuracy, in [0, 1].
     """
     ys = np.asarray(curve, float)
-    xs = np.arange(len(ys), dtype=float)
+    xs = np.arange(len(ys), dtype=float) * step
     start = float(ys[0])
     prior = _fit([0.0, end_epochs], [start, end_accuracy])
     expected = optimus(xs[1:], *prior) * expectation
