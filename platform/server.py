@@ -21,7 +21,7 @@ from torch import nn
 from .camera import Upload
 from .models import build_student, clone, count_params
 from .plugins import UPLOAD_COLUMNS, JobPlugin
-from .scheduling import Job, Request, SampleStore, share_gpu
+from .scheduling import Job, Request, Samples, SampleStore, share_gpu
 from .strategies import TrainingManager
 from .strategies.base import train_spec
 from .training import FitPlugin, FitResult, TrainSpec, evaluate, fit, top_gradient_mask
@@ -170,12 +170,20 @@ class Server:
             store.forget(t)
 
     # --- Profiler protocol (Ekya's micro-profiler) -----------------------------
+    def job_samples(self, camera: int, since: float, until: float) -> Samples:
+        """The samples a job of camera ``camera`` on ``[since, until]`` would
+        train on, as the plugins make them (what a profile should see)."""
+        s = self.stores[camera].select(since, until)
+        for p in self.plugins:
+            s = p.extend(self, camera, s, until, until)
+        return s
+
     def num_samples(self, camera: int, since: float, until: float) -> int:
-        return len(self.stores[camera].select(since, until).labels)
+        return len(self.job_samples(camera, since, until).labels)
 
     def profile(self, camera: int, since: float, until: float, layers: str, epochs: int,
                 fraction: float = 1.0, min_samples: int = 8) -> tuple[list[float], int]:
-        s = self.stores[camera].select(since, until)
+        s = self.job_samples(camera, since, until)
         if len(s.labels) < 8:
             return [], 0
         rng = np.random.default_rng(len(s.labels) * 7919 + camera)

@@ -40,8 +40,8 @@ does that for any adapting strategy (``<name>+zoo``, settings
 
 A camera whose first upload is already past a change keys its initial model
 by the wrong condition; the label check keeps that from deploying a worse
-model. Ekya's micro-profiles read the whole window (``ekya+zoo`` profiles
-on frames its jobs no longer train on after a swap).
+model. After a swap the camera's jobs (and Ekya's micro-profiles) see its
+frames since the swap only.
 """
 from __future__ import annotations
 

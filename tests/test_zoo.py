@@ -89,6 +89,7 @@ def test_a_zoo_hit_deploys_the_stored_model_when_its_condition_returns():
     assert job.record.kind == "retrain" and job.record.submitted == 40.0 and job.version == 3
     assert len(inputs.labels) == n and inputs.images.min() >= DAY - 8
     assert same_weights(inputs.state, day.state_dict())
+    assert server.num_samples(0, 0.0, 40.0) == n          # so does Ekya's micro-profile
     # A job never lands before a model already on its way: the camera applies them in time order.
     server.deployed_at[0] = 500.0
     manager.submit(upload(server, DAY, 50.0, day))

@@ -71,7 +71,8 @@ class Profiler(Protocol):
     def profile(self, camera: int, since: float, until: float, layers: str, epochs: int,
                 fraction: float = 1.0, min_samples: int = 8) -> tuple[list[float], int]:
         """A trial run of ``epochs`` epochs on ``fraction`` (at least
-        ``min_samples``) of the window's samples left after a quarter (at
+        ``min_samples``) of the window's samples (as a job would see them:
+        plugins may add or drop some) left after a quarter (at
         least 2) is held out for validation: the validation accuracy before
         training and after each epoch (``epochs + 1`` values; none when the
         window has fewer than 8 samples), and the sample-epochs the trial
