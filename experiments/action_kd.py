@@ -2,11 +2,15 @@
 
 Trains (or loads from the cache) the action teacher with its CVAE, then a
 student from scratch per method and seed: no KD, Hinton logit KD, FitNets
-hint, attention transfer, and ours (generative + attention distillation).
-Prints top-1 on the test split (mean ± sample std over seeds) with parameters and
-multiply-accumulates per clip; writes results.parquet and top1.png.
+hint, attention transfer, and ours (generative + attention distillation);
+``--methods`` also takes ours without a part (``genkd-gen``, ``genkd-att``).
+Prints top-1 on the test split (mean ± sample std over seeds) with parameters
+and multiply-accumulates per clip, and each method's paired difference per
+seed against no KD and against Hinton KD; writes results.parquet, top1.png
+and results.md (the table with its command and commit; ``--report FILE``
+writes it there too, e.g. into docs/results/).
 
-    python experiments/action_kd.py [--seeds 3] [--out runs/action_kd]
+    python experiments/action_kd.py [--seeds 5] [--out runs/action_kd]
     python experiments/action_kd.py --ray          # students as Ray Train jobs
     python experiments/action_kd.py --quick
 """
@@ -22,10 +26,10 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from driftlab.platform.distill import (METHODS, ClipConfig, DistillConfig, DistillJob, accuracy,
+from driftlab.platform.distill import (ABLATIONS, METHODS, ClipConfig, DistillConfig, DistillJob, accuracy,
                                        action_student, cached_teacher, count_macs, count_params,
                                        make_clips, teacher_targets)
-from driftlab.platform.metrics import write_parquet
+from driftlab.platform.metrics import write_atomic, write_parquet
 from driftlab.platform.models import default_device
 from driftlab.platform.runner import set_determinism
 
@@ -34,9 +38,9 @@ TRAIN_SEED, VAL_SEED, TEST_SEED = 1, 2, 3
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=3, help="student seeds per method")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: "
-                   + ", ".join(METHODS))
+    p.add_argument("--seeds", type=int, default=5, help="student seeds per method")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: "
+                   + ", ".join((*METHODS, *ABLATIONS)))
     p.add_argument("--train-clips", type=int, default=2800)
     p.add_argument("--test-clips", type=int, default=700)
     p.add_argument("--epochs", type=int, default=10, help="student epochs")
@@ -46,11 +50,13 @@ def parse_args(argv=None):
     p.add_argument("--train-workers", type=int, default=1, help="Ray Train workers (with --ray)")
     p.add_argument("--quick", action="store_true", help="a tiny run for tests")
     p.add_argument("--out", default="runs/action_kd")
+    p.add_argument("--report", default=None, help="also write the Markdown results here")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in METHODS]
+    unknown = [m for m in args.methods if m not in METHODS and m not in ABLATIONS]
     if unknown:
-        p.error(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+        p.error(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join((*METHODS, *ABLATIONS))}")
     if args.quick:
         args.train_clips, args.test_clips, args.epochs, args.teacher_epochs = 140, 70, 2, 2
         args.seeds = min(args.seeds, 2)
@@ -87,17 +93,49 @@ def run_jobs(jobs: list[DistillJob], args, done: Callable[[DistillJob, tuple | N
         ray.shutdown()
 
 
+def paired(df: pd.DataFrame, method: str, reference: str) -> str:
+    """``method``'s test top-1 minus ``reference``'s, per seed: "mean ± std"
+    in points ('' if either is missing)."""
+    wide = df.pivot(index="seed", columns="method", values="test_top1")
+    if method == reference or method not in wide or reference not in wide:
+        return ""
+    d = 100 * (wide[method] - wide[reference]).dropna()
+    return f"{d.mean():+.1f} ± {d.std(ddof=1):.1f}" if len(d) > 1 else f"{d.mean():+.1f}"
+
+
 def table(df: pd.DataFrame, cost: dict) -> str:
-    lines = [f"{'model / method':<18} {'params':>8} {'MMACs':>7} {'test top-1 (%)':>16} {'val top-1':>10}"]
+    """Markdown: teacher and students (mean ± sample std over seeds), with
+    each method's paired difference against no KD and against Hinton KD."""
+    head = ["model / method", "params", "MMACs", "test top-1 %", "val top-1 %", "− none (paired)",
+            "− hinton (paired)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     t, s = cost["teacher"], cost["student"]
-    lines.append(f"{'teacher (r3d-18)':<18} {t[0] / 1e6:7.2f}M {t[1] / 1e6:7.1f} "
-                 f"{100 * cost['teacher_top1']:16.1f} {100 * cost['teacher_val']:10.1f}")
+    lines.append(f"| teacher (r3d-18) | {t[0] / 1e6:.2f} M | {t[1] / 1e6:.1f} | {100 * cost['teacher_top1']:.1f} "
+                 f"| {100 * cost['teacher_val']:.1f} | | |")
     for method, g in df.groupby("method", sort=False):
         std = g.test_top1.std(ddof=1) if len(g) > 1 else 0.0
-        cell = f"{100 * g.test_top1.mean():.1f} ± {100 * std:.1f}"
-        lines.append(f"{'student: ' + method:<18} {s[0] / 1e6:7.2f}M {s[1] / 1e6:7.1f} {cell:>16} "
-                     f"{100 * g.val_top1.mean():10.1f}")
+        lines.append(f"| student: {method} | {s[0] / 1e6:.2f} M | {s[1] / 1e6:.1f} "
+                     f"| {100 * g.test_top1.mean():.1f} ± {100 * std:.1f} | {100 * g.val_top1.mean():.1f} "
+                     f"| {paired(df, method, 'none')} | {paired(df, method, 'hinton')} |")
+    if "none" in set(df.method):
+        gap = 100 * (cost["teacher_top1"] - df[df.method == "none"].test_top1.mean())
+        lines.append(f"\nteacher − student without KD, test top-1: {gap:+.1f} points")
     return "\n".join(lines)
+
+
+def results_markdown(df: pd.DataFrame, cost: dict, clip_cfg: ClipConfig, args, wall_s: float) -> str:
+    """The table with what made it: command, commit, date, clips, epochs."""
+    import datetime
+
+    from drift_sim import current_commit  # this script's folder is on sys.path
+
+    return (f"# Action students by distillation method (seed 2)\n\n"
+            f"Generated by `python experiments/action_kd.py {' '.join(args.argv)}` at commit "
+            f"{current_commit()}, {datetime.date.today()}, {os.cpu_count()} cores, {wall_s:.0f} s; do not edit "
+            f"by hand. {args.train_clips} training clips ({clip_cfg.frames} frames of {clip_cfg.size} px, "
+            f"{clip_cfg.num_classes} classes), teacher {args.teacher_epochs} and students {args.epochs} epochs, "
+            f"seeds 0-{args.seeds - 1}; mean ± sample std over seeds, differences paired by seed.\n\n"
+            + table(df, cost) + "\n")
 
 
 def plot(df: pd.DataFrame, teacher_top1: float, path: str) -> None:
@@ -143,7 +181,7 @@ def main(argv=None) -> int:
     cvae_state = {k: v.detach().cpu().clone() for k, v in teacher_cvae.state_dict().items()}
     jobs = [DistillJob(m, train, clip_cfg.num_classes,
                        DistillConfig(epochs=args.epochs, lr=1e-3, seed=seed),
-                       None if m == "none" else targets, cvae_state if m == "genkd" else None)
+                       None if m == "none" else targets, cvae_state if m == "genkd" or m in ABLATIONS else None)
             for seed in range(args.seeds) for m in args.methods]
     rows = []
 
@@ -164,9 +202,12 @@ def main(argv=None) -> int:
         print("error: every student failed", file=sys.stderr)
         return 1
     plot(df, cost["teacher_top1"], os.path.join(args.out, "top1.png"))
+    report = results_markdown(df, cost, clip_cfg, args, time.time() - t0)
+    for path in filter(None, (os.path.join(args.out, "results.md"), args.report)):
+        write_atomic(path, report)
     print(f"\naction recognition, top-1 over {args.seeds} seed(s) ({time.time() - t0:.0f} s):")
     print(table(df, cost))
-    print(f"\nresults in {args.out}: results.parquet, top1.png")
+    print(f"\nresults in {args.out}: results.parquet, results.md, top1.png")
     return 0 if len(rows) == len(jobs) else 1
 
 

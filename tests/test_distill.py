@@ -160,6 +160,8 @@ def test_unknown_method_and_missing_targets_are_clear_errors():
         train_student("magic", clips, 7, DistillConfig())
     with pytest.raises(ValueError, match="needs the teacher's targets"):
         train_student("hinton", clips, 7, DistillConfig())
+    with pytest.raises(ValueError, match="needs the teacher's CVAE"):   # an ablation is still seed 2
+        train_student("genkd-att", clips, 7, DistillConfig(), targets=object())
 
 
 def _action_kd(*args):
@@ -168,12 +170,20 @@ def _action_kd(*args):
 
 
 def test_action_kd_quick_end_to_end(tmp_path):
-    out = _action_kd("--out", str(tmp_path))
+    methods = ["none", "hinton", "fitnet", "at", "genkd", "genkd-att"]
+    out = _action_kd("--methods", ",".join(methods), "--seeds", "2", "--out", str(tmp_path),
+                     "--report", str(tmp_path / "report.md"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "student: genkd" in out.stdout and "teacher (r3d-18)" in out.stdout
     df = pd.read_parquet(tmp_path / "results.parquet")
-    assert sorted(df.method) == sorted(["none", "hinton", "fitnet", "at", "genkd"])
+    assert sorted(df.method) == sorted(methods * 2)
     assert df.test_top1.between(0, 1).all() and (tmp_path / "top1.png").stat().st_size > 0
+    # Paired per seed: the Markdown row of Hinton KD against no KD is its mean difference.
+    wide = df.pivot(index="seed", columns="method", values="test_top1")
+    diff = 100 * (wide["hinton"] - wide["none"])
+    report = (tmp_path / "report.md").read_text()
+    assert report == (tmp_path / "results.md").read_text() and "at commit" in report
+    assert f"| {diff.mean():+.1f} ± {diff.std():.1f} |" in report.split("student: hinton")[1].splitlines()[0]
     # Same seed, same numbers (the teacher now comes from the cache).
     again = _action_kd("--methods", "genkd", "--out", str(tmp_path / "again"))
     assert again.returncode == 0 and "training the action teacher" not in again.stdout

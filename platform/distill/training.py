@@ -19,7 +19,7 @@ dicts), so a Ray Train worker runs it as it runs a camera's retraining job.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,12 +33,19 @@ from .losses import (attention_distillation_loss, attention_transfer_loss, cvae_
                      reconstruction_weight)
 from .models import ActionNet, FeatureCVAE, action_student, action_teacher, clips_to_tensor
 
-__all__ = ["METHODS", "DistillConfig", "TeacherTargets", "DistillResult", "DistillJob", "train_teacher",
+__all__ = ["METHODS", "ABLATIONS", "DistillConfig", "TeacherTargets", "DistillResult", "DistillJob", "train_teacher",
            "phase_one", "cached_teacher", "teacher_targets", "train_student", "accuracy", "set_frozen"]
 
 METHODS = ("none", "hinton", "fitnet", "at", "genkd")
 """Student training methods: no KD, Hinton logit KD, FitNets hint, attention
 transfer, and seed 2's generative feature distillation."""
+
+ABLATIONS = {
+    "genkd-gen": {"gen_weight": 0.0, "recon_peak": 0.0},   # seed 2 without its generative terms
+    "genkd-att": {"beta": 0.0},                            # seed 2 without attention distillation
+}
+"""Seed 2 with one of its parts dropped (``-`` as in a strategy's name): the
+:class:`DistillConfig` weights each sets to zero."""
 
 
 @dataclass(frozen=True)
@@ -249,9 +256,13 @@ def teacher_targets(teacher: ActionNet, videos: np.ndarray, device: torch.device
 def train_student(method: str, clips: Clips, num_classes: int, cfg: DistillConfig,
                   targets: TeacherTargets | None = None, teacher_cvae: FeatureCVAE | None = None,
                   device: torch.device | str = "cpu") -> tuple[ActionNet, DistillResult]:
-    """Train a student from scratch with ``method`` (one of :data:`METHODS`)."""
+    """Train a student from scratch with ``method`` (one of :data:`METHODS`
+    or :data:`ABLATIONS`)."""
+    if method in ABLATIONS:
+        method, cfg = "genkd", replace(cfg, **ABLATIONS[method])
     if method not in METHODS:
-        raise ValueError(f"unknown distillation method {method!r}; choose one of: {', '.join(METHODS)}")
+        raise ValueError(f"unknown distillation method {method!r}; choose one of: "
+                         f"{', '.join((*METHODS, *ABLATIONS))}")
     if method != "none" and targets is None:
         raise ValueError(f"method {method!r} needs the teacher's targets")
     if method == "genkd" and teacher_cvae is None:
