@@ -114,6 +114,10 @@ class Server:
                  plugins: list[JobPlugin] = ()):
         self.cfg, self.device = cfg, device
         self.plugins = list(plugins)
+        unknown = {c for p in self.plugins for c in p.columns} - set(UPLOAD_COLUMNS)
+        if unknown:
+            raise ValueError(f"plugins ask for unknown upload columns {sorted(unknown)}; "
+                             f"known: {', '.join(UPLOAD_COLUMNS)}")
         self.models = [clone(s) for s in students]
         self.stores = [SampleStore() for _ in students]
         self.gpu_free_at = 0.0
@@ -171,14 +175,17 @@ class Server:
 
     # --- Profiler protocol (Ekya's micro-profiler) -----------------------------
     def job_samples(self, camera: int, since: float, until: float) -> Samples:
-        """The samples a job of camera ``camera`` on ``[since, until]`` would
-        train on, as the plugins make them (what a profile should see)."""
+        """Camera ``camera``'s samples of ``[since, until]`` as the plugins
+        make them for a job (what Ekya's profile sees): after a zoo swap its
+        frames since the swap; with borrowing, other cameras' samples
+        labelled by ``until``. A job's data fraction is not applied."""
         s = self.stores[camera].select(since, until)
         for p in self.plugins:
             s = p.extend(self, camera, s, until, until)
         return s
 
     def num_samples(self, camera: int, since: float, until: float) -> int:
+        """How many samples :meth:`job_samples` gives."""
         return len(self.job_samples(camera, since, until).labels)
 
     def profile(self, camera: int, since: float, until: float, layers: str, epochs: int,

@@ -1,14 +1,19 @@
 """Unit behaviour of the sample filters and the training managers."""
 import numpy as np
 import pytest
+import torch
 
 from driftlab.platform.config import EdgeSyncParams, SimConfig
 from driftlab.platform.filters import Candidates, class_mix, edgesync_filter, mix_shift, uniform_filter
+from driftlab.platform.models import build_student
 from driftlab.platform.scheduling import Request, Samples, SampleStore, closest, condition_stats, share_gpu
+from driftlab.platform.server import Server
 from driftlab.platform.strategies import parse_strategy
 from driftlab.platform.strategies.baselines import PeriodicManager
 from driftlab.platform.strategies.edgesync import EdgeSyncManager
 from driftlab.platform.strategies.ekya import EkyaManager, extrapolate
+
+from conftest import SMALL_WORLD
 
 
 def cands(n=40, confs=None, preds=None, k=4):
@@ -152,6 +157,19 @@ def test_ekya_profile_on_part_of_the_window_counts_in_window_epochs(monkeypatch)
     s.submit(req(0, 60, acc=0.3))
     s.next_batch(60.0, NoProfiler())   # 3 profiled epochs cost 30 sample-epochs of a 20-sample window
     assert steps and steps == pytest.approx([0.5] * len(steps))
+
+
+def test_ekya_profile_on_the_server_trains_on_its_share_of_the_window():
+    """A 24-sample window: a quarter held out, 10 % (at least 8) of the rest
+    trained on, so a profiled epoch is 8/24 of a window epoch."""
+    cfg = SimConfig(world=SMALL_WORLD, cameras=1)
+    torch.manual_seed(0)
+    server = Server(cfg, [build_student(cfg.student, SMALL_WORLD.num_classes)])
+    images = np.random.default_rng(0).integers(0, 255, (24, SMALL_WORLD.size, SMALL_WORLD.size, 3), np.uint8)
+    logits = np.eye(SMALL_WORLD.num_classes, dtype=np.float32)[np.arange(24) % SMALL_WORLD.num_classes]
+    server.stores[0].add(images, {"logits": logits}, np.arange(24.0))
+    curve, cost = server.profile(0, -1.0, 24.0, "head", 5, fraction=0.1, min_samples=8)
+    assert len(curve) == 6 and cost == 5 * 8 and server.num_samples(0, -1.0, 24.0) == 24
 
 
 def test_share_gpu_is_work_conserving():

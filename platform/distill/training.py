@@ -258,15 +258,16 @@ def train_student(method: str, clips: Clips, num_classes: int, cfg: DistillConfi
                   device: torch.device | str = "cpu") -> tuple[ActionNet, DistillResult]:
     """Train a student from scratch with ``method`` (one of :data:`METHODS`
     or :data:`ABLATIONS`)."""
+    requested = method
     if method in ABLATIONS:
         method, cfg = "genkd", replace(cfg, **ABLATIONS[method])
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; choose one of: "
                          f"{', '.join((*METHODS, *ABLATIONS))}")
     if method != "none" and targets is None:
-        raise ValueError(f"method {method!r} needs the teacher's targets")
+        raise ValueError(f"method {requested!r} needs the teacher's targets")
     if method == "genkd" and teacher_cvae is None:
-        raise ValueError("method 'genkd' needs the teacher's CVAE")
+        raise ValueError(f"method {requested!r} needs the teacher's CVAE")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = action_student(num_classes).to(device)
@@ -275,7 +276,7 @@ def train_student(method: str, clips: Clips, num_classes: int, cfg: DistillConfi
     t = None if targets is None else {k: torch.as_tensor(np.require(v, requirements="W"), device=device)
                                       for k, v in vars(targets).items()}
     cvae = cvae_opt = None
-    if method == "genkd":
+    if method == "genkd" and cfg.recon_peak > 0:   # else the student's CVAE would shape nothing
         cvae = _cvae_for(net, x_all).to(device)
         cvae_opt = _cvae_optimizer(cvae, cfg)
         teacher_cvae = teacher_cvae.to(device)
@@ -298,8 +299,8 @@ def train_student(method: str, clips: Clips, num_classes: int, cfg: DistillConfi
                 return ce + cfg.hint_weight * hint_loss(out.features, t["features"][b])
             if method == "at":
                 return ce + cfg.at_weight * attention_transfer_loss(out.features, t["features"][b])
-            return (ce + w * F.mse_loss(cvae.generate(out.attention), out.features)   # genkd, phase b
-                    + cfg.beta * attention_distillation_loss(out.attention, t["attention"][b]))
+            generated = 0.0 if cvae is None else w * F.mse_loss(cvae.generate(out.attention), out.features)
+            return ce + generated + cfg.beta * attention_distillation_loss(out.attention, t["attention"][b])
 
         result.losses.append(_task_phase(net, opt, x_all, cfg, rng, loss_fn, frozen=cvae))
         sched.step()
@@ -325,12 +326,12 @@ class DistillJob:
     a Ray Train worker can run it like a camera's retraining job.
 
     Attributes:
-        method: one of :data:`METHODS`.
+        method: one of :data:`METHODS` or :data:`ABLATIONS`.
         clips: the training clips.
         num_classes: motion classes.
         cfg: hyperparameters (its seed included).
         targets: the teacher's outputs on ``clips`` (not needed for "none").
-        teacher_cvae: the teacher CVAE's state dict (only for "genkd").
+        teacher_cvae: the teacher CVAE's state dict (only for "genkd" and its ablations).
     """
 
     method: str

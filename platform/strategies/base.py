@@ -75,11 +75,13 @@ class Profiler(Protocol):
         plugins may add or drop some) left after a quarter (at
         least 2) is held out for validation: the validation accuracy before
         training and after each epoch (``epochs + 1`` values; none when the
-        window has fewer than 8 samples), and the sample-epochs the trial
-        cost (its training only)."""
+        window has fewer than 8 samples, e.g. just after a zoo swap), and the
+        sample-epochs the trial cost (its training only)."""
         ...
 
-    def num_samples(self, camera: int, since: float, until: float) -> int: ...
+    def num_samples(self, camera: int, since: float, until: float) -> int:
+        """The window's samples as a job would see them (before its data fraction)."""
+        ...
 
 
 class TrainingManager:
