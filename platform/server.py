@@ -114,7 +114,8 @@ class Server:
                  plugins: list[JobPlugin] = ()):
         self.cfg, self.device = cfg, device
         self.plugins = list(plugins)
-        unknown = {c for p in self.plugins for c in p.columns} - set(UPLOAD_COLUMNS)
+        self.columns = sorted({c for p in self.plugins for c in p.columns})   # stored with each upload
+        unknown = set(self.columns) - set(UPLOAD_COLUMNS)
         if unknown:
             raise ValueError(f"plugins ask for unknown upload columns {sorted(unknown)}; "
                              f"known: {', '.join(UPLOAD_COLUMNS)}")
@@ -136,7 +137,7 @@ class Server:
         cost = len(up.images) * self.cfg.costs.label_s_per_frame
         self.uploaded += len(up.images)
         self.teacher_free_at = self.charge_teacher(now, cost)
-        columns = {name: UPLOAD_COLUMNS[name](up) for name in sorted({c for p in self.plugins for c in p.columns})}
+        columns = {name: UPLOAD_COLUMNS[name](up) for name in self.columns}
         self.stores[up.camera].add(up.images, up.taught, up.times, ready=self.teacher_free_at, columns=columns)
         request = Request(camera=up.camera, cutoff=now, ready=self.teacher_free_at,
                           est_accuracy=up.est_accuracy, mix_shift=up.mix_shift,
