@@ -114,10 +114,12 @@ def _search_trial(params: dict, cfgs: list[SimConfig]) -> None:
         tune.report({"accuracy": acc, "window": window})
 
 
-def _tune_space() -> dict:
+def tune_space(space: dict[str, tuple]) -> dict:
+    """Tune's sampling domains for a ``{name: (kind, *arguments)}`` space (the
+    format of :data:`SEARCH_SPACE`)."""
     make = {"loguniform": tune.loguniform, "uniform": tune.uniform,
             "choice": lambda options: tune.choice(options)}
-    return {name: make[kind](*spec) for name, (kind, *spec) in SEARCH_SPACE.items()}
+    return {name: make[kind](*spec) for name, (kind, *spec) in space.items()}
 
 
 def search(args, base: SimConfig) -> int:
@@ -144,7 +146,7 @@ def search(args, base: SimConfig) -> int:
     trainable = tune.with_resources(tune.with_parameters(_search_trial, cfgs=search_cfgs),
                                     _resources(args))
     tuner = tune.Tuner(
-        trainable, param_space=_tune_space(),
+        trainable, param_space=tune_space(SEARCH_SPACE),
         tune_config=tune.TuneConfig(
             metric="accuracy", mode="max", num_samples=args.trials, search_alg=searcher,
             scheduler=ASHAScheduler(time_attr="window", max_t=windows,

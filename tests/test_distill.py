@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
-from driftlab.platform.distill import (ABLATIONS, ClipConfig, DistillConfig, FeatureCVAE, action_student,
+from driftlab.platform.distill import (ABLATIONS, MOTIONS, ClipConfig, DistillConfig, FeatureCVAE, action_student,
                                        action_teacher, clips_to_tensor, count_macs, count_params,
                                        foreground, make_clips, set_frozen, train_student)
 from driftlab.platform.distill import losses as L
+from driftlab.platform.distill.clips import _trajectory
 from driftlab.platform.distill.training import _cvae_phase, _task_phase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +109,7 @@ def _changed(before, module):
 
 def test_each_phase_leaves_the_frozen_part_untouched():
     torch.manual_seed(0)
-    clips = make_clips(ClipConfig(), 14, seed=5)
+    clips = make_clips(ClipConfig(), 14, seed=5)   # BatchNorm needs >1 clip per batch of 7
     x = clips_to_tensor(clips.videos)
     y = torch.as_tensor(clips.labels)
     net = action_student(ClipConfig().num_classes)
@@ -137,16 +139,34 @@ def test_each_phase_leaves_the_frozen_part_untouched():
 
 def test_clips_are_deterministic_balanced_and_show_their_condition():
     cfg = ClipConfig(conditions=("night",))
-    a, b = make_clips(cfg, 14, seed=1), make_clips(cfg, 14, seed=1)
-    assert a.videos.shape == (14, 8, 32, 32, 3) and a.videos.dtype == np.uint8
-    assert np.array_equal(a.videos, b.videos) and np.bincount(a.labels).tolist() == [2] * 7
-    assert not np.array_equal(a.videos, make_clips(cfg, 14, seed=2).videos)
-    day = make_clips(ClipConfig(conditions=("day",)), 14, seed=1)
+    a, b = make_clips(cfg, 32, seed=1), make_clips(cfg, 32, seed=1)
+    assert a.videos.shape == (32, 8, 32, 32, 3) and a.videos.dtype == np.uint8
+    assert np.array_equal(a.videos, b.videos) and np.bincount(a.labels).tolist() == [2] * len(MOTIONS)
+    assert not np.array_equal(a.videos, make_clips(cfg, 32, seed=2).videos)
+    day = make_clips(ClipConfig(conditions=("day",)), 32, seed=1)
     assert a.videos.mean() < 0.7 * day.videos.mean()          # night is darker
     # The actor moves: consecutive frames differ.
     assert (np.abs(np.diff(a.videos.astype(int), axis=1)).sum((2, 3, 4)) > 0).all()
     with pytest.raises(ValueError, match="unknown conditions"):
         ClipConfig(conditions=("hail",))
+    with pytest.raises(ValueError, match="displacement"):
+        ClipConfig(displacement=(0.2, 0.1))
+
+
+def test_motions_differ_by_direction_and_order_only():
+    def path(name):
+        return _trajectory(MOTIONS.index(name), 10.0, 9)     # 9 frames: frame 4 is the turn
+
+    right_up, up_right, back = path("right_then_up"), path("up_then_right"), path("right_then_left")
+    # First half right (x grows, y still), second half up (y falls, x still).
+    assert np.allclose(np.diff(right_up[:5, 0]), 2.5) and np.allclose(np.diff(right_up[:5, 1]), 0)
+    assert np.allclose(np.diff(right_up[4:, 1]), -2.5) and np.allclose(np.diff(right_up[4:, 0]), 0)
+    # The same two movements in the other order: same net displacement, another corner.
+    assert np.allclose(right_up[-1] - right_up[0], (10, -10)) and np.allclose(up_right[-1] - up_right[0], (10, -10))
+    assert not np.allclose(right_up[4] - right_up[0], up_right[4] - up_right[0])
+    assert np.allclose(back[0], back[-1]) and np.allclose(path("right")[-1] - path("right")[0], (20, 0))
+    for name in MOTIONS:
+        assert np.allclose(path(name).mean(0), 0)       # centred: where it is says nothing
 
 
 def test_student_is_much_lighter_than_the_teacher():
@@ -199,3 +219,28 @@ def test_action_kd_quick_end_to_end(tmp_path):
     bad = _action_kd("--methods", "genkd,magic", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown method(s) magic" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_action_kd_search_chooses_on_validation_and_hparams_repeat_it(tmp_path):
+    out = _action_kd("--methods", "none,hinton", "--search", "2", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    chosen = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
+    assert list(chosen) == ["hinton"] and set(chosen["hinton"]) == {"temperature", "hinton_alpha"}
+    trials = pd.read_parquet(tmp_path / "search.parquet")
+    assert len(trials) == 2 and trials.val_top1.between(0, 1).all()
+    best = trials.sort_values(["val_top1", "trial"], ascending=[False, True]).iloc[0]
+    assert chosen["hinton"] == {k: pytest.approx(best[k]) for k in chosen["hinton"]}
+    # The students were trained with the chosen weights, and the report says where they came from.
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    row = df[df.method == "hinton"].iloc[0]
+    assert (row.cfg_temperature, row.cfg_hinton_alpha) == (chosen["hinton"]["temperature"],
+                                                          pytest.approx(chosen["hinton"]["hinton_alpha"]))
+    assert "chosen on the validation split by `--search 2`" in (tmp_path / "results.md").read_text()
+    # --hparams repeats the choice without searching: the same student.
+    again = _action_kd("--methods", "hinton", "--hparams", str(tmp_path / "hparams.yaml"),
+                       "--out", str(tmp_path / "again"))
+    assert again.returncode == 0 and "search:" not in again.stdout
+    assert pd.read_parquet(tmp_path / "again" / "results.parquet").test_top1.iloc[0] == row.test_top1
+    (tmp_path / "bad.yaml").write_text("hinton: {beta: 1.0}\n")
+    bad = _action_kd("--hparams", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "hinton has no weight beta" in bad.stderr and "Traceback" not in bad.stderr

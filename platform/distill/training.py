@@ -33,7 +33,7 @@ from .losses import (attention_distillation_loss, attention_transfer_loss, cvae_
                      reconstruction_weight)
 from .models import ActionNet, FeatureCVAE, action_student, action_teacher, clips_to_tensor
 
-__all__ = ["METHODS", "ABLATIONS", "DistillConfig", "TeacherTargets", "DistillResult", "DistillJob", "train_teacher",
+__all__ = ["METHODS", "ABLATIONS", "SEARCH_SPACE", "base_method", "DistillConfig", "TeacherTargets", "DistillResult", "DistillJob", "train_teacher",
            "phase_one", "cached_teacher", "teacher_targets", "train_student", "accuracy", "set_frozen"]
 
 METHODS = ("none", "hinton", "fitnet", "at", "genkd")
@@ -46,6 +46,25 @@ ABLATIONS = {
 }
 """Seed 2 with one of its parts dropped (``-`` as in a strategy's name): the
 :class:`DistillConfig` weights each sets to zero."""
+
+# method -> {DistillConfig field: (kind, *arguments)}: "loguniform"/"uniform" (low, high), "choice" (options),
+# the format of driftlab.platform.tuning.SEARCH_SPACE. No KD has no distillation weight, so nothing to search.
+SEARCH_SPACE: dict[str, dict[str, tuple]] = {
+    "none": {},
+    "hinton": {"temperature": ("choice", [1.0, 2.0, 4.0, 8.0]), "hinton_alpha": ("uniform", 0.1, 0.95)},
+    "fitnet": {"hint_weight": ("loguniform", 0.03, 30.0)},
+    "at": {"at_weight": ("loguniform", 1.0, 1000.0)},
+    "genkd": {"beta": ("loguniform", 0.01, 10.0), "gen_weight": ("loguniform", 1e-3, 1.0),
+              "recon_peak": ("uniform", 0.0, 1.0), "ramp_epochs": ("choice", [1, 3, 6, 12])},
+}
+"""The distillation hyperparameters each method's validation search draws
+(``experiments/action_kd.py --search``); the ablations use what ``genkd`` chose."""
+
+
+def base_method(method: str) -> str:
+    """The method an ablation is a variant of (``genkd-att`` -> ``genkd``); a
+    method of :data:`METHODS` is its own."""
+    return "genkd" if method in ABLATIONS else method
 
 
 @dataclass(frozen=True)
@@ -255,12 +274,12 @@ def teacher_targets(teacher: ActionNet, videos: np.ndarray, device: torch.device
 
 def train_student(method: str, clips: Clips, num_classes: int, cfg: DistillConfig,
                   targets: TeacherTargets | None = None, teacher_cvae: FeatureCVAE | None = None,
-                  device: torch.device | str = "cpu") -> tuple[ActionNet, DistillResult]:
+                  device: torch.device | str = "cpu", log=None) -> tuple[ActionNet, DistillResult]:
     """Train a student from scratch with ``method`` (one of :data:`METHODS`
-    or :data:`ABLATIONS`)."""
+    or :data:`ABLATIONS`); ``log`` (if given) gets a line per epoch."""
     requested = method
     if method in ABLATIONS:
-        method, cfg = "genkd", replace(cfg, **ABLATIONS[method])
+        method, cfg = base_method(method), replace(cfg, **ABLATIONS[method])
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; choose one of: "
                          f"{', '.join((*METHODS, *ABLATIONS))}")
@@ -304,6 +323,8 @@ def train_student(method: str, clips: Clips, num_classes: int, cfg: DistillConfi
 
         result.losses.append(_task_phase(net, opt, x_all, cfg, rng, loss_fn, frozen=cvae))
         sched.step()
+        if log is not None:
+            log(f"{requested} seed {cfg.seed} epoch {epoch}/{cfg.epochs}: loss {result.losses[-1]:.3f}")
     set_frozen(net, True)
     return net, result
 
@@ -341,13 +362,14 @@ class DistillJob:
     targets: TeacherTargets | None = None
     teacher_cvae: dict | None = None
 
-    def run(self, device: torch.device | str = "cpu") -> tuple[dict, DistillResult]:
-        """Train the student; its weights (on CPU) and what the training did."""
+    def run(self, device: torch.device | str = "cpu", log=None) -> tuple[dict, DistillResult]:
+        """Train the student (``log``: a line per epoch); its weights (on CPU)
+        and what the training did."""
         cvae = None
         if self.teacher_cvae is not None:
             _, c, _, h, w = self.targets.features.shape
             cvae = FeatureCVAE(c, (h, w))
             cvae.load_state_dict(self.teacher_cvae)
         net, result = train_student(self.method, self.clips, self.num_classes, self.cfg,
-                                    self.targets, cvae, device)
+                                    self.targets, cvae, device, log)
         return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, result
