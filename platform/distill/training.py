@@ -33,7 +33,8 @@ from .losses import (attention_distillation_loss, attention_transfer_loss, cvae_
                      reconstruction_weight)
 from .models import ActionNet, FeatureCVAE, action_student, action_teacher, clips_to_tensor
 
-__all__ = ["METHODS", "ABLATIONS", "SEARCH_SPACE", "base_method", "DistillConfig", "TeacherTargets", "DistillResult", "DistillJob", "train_teacher",
+__all__ = ["METHODS", "ABLATIONS", "SEARCH_SPACE", "base_method", "DistillConfig", "TeacherTargets",
+           "DistillResult", "DistillJob", "train_teacher",
            "phase_one", "cached_teacher", "teacher_targets", "train_student", "accuracy", "set_frozen"]
 
 METHODS = ("none", "hinton", "fitnet", "at", "genkd")
