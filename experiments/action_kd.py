@@ -6,8 +6,8 @@ hint, attention transfer, and ours (generative + attention distillation);
 ``--methods`` also takes ours without a part (``genkd-gen``, ``genkd-att``).
 By default every method runs with its paper's weights; ``--search N`` first
 picks each method's distillation weights on the validation split, N Ray Tune
-trials per method (random search over ``SEARCH_SPACE``, one student seed kept
-apart from the evaluation seeds), and ``--hparams FILE`` reuses such a choice.
+trials per method (the paper's weights, then random draws from
+``SEARCH_SPACE``; one student seed kept apart from the evaluation seeds), and ``--hparams FILE`` reuses such a choice.
 Prints top-1 on the test split (mean ± sample std over seeds) with parameters
 and multiply-accumulates per clip, and each method's paired difference per
 seed against no KD and against Hinton KD; writes results.parquet, top1.png
@@ -138,8 +138,9 @@ def _search_trial(config: dict, train, val, num_classes, targets, cvae_state, ba
 
 def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str, dict]:
     """Each method's weights with the best validation top-1 over ``args.search``
-    random-search trials (the same count for every method; ties go to the
-    earlier trial). Writes search.parquet and hparams.yaml into ``args.out``."""
+    trials, the same count for every method: the paper's weights first, then
+    random draws from :data:`SEARCH_SPACE` (ties go to the earlier trial).
+    Writes search.parquet and hparams.yaml into ``args.out``."""
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -157,14 +158,19 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
         _search_trial, train=train, val=val, num_classes=num_classes, targets=targets, cvae_state=cvae_state,
         base=base, threads=max(1, int(cpus))), {"cpu": cpus})
     rows, chosen = [], {}
+
+    def paper(method: str) -> dict:   # the first trial: the paper's weights, so the search can only gain on them
+        return {k: getattr(base, k) for k in SEARCH_SPACE[method]}
+
     try:
         for method in methods:
             print(f"search: {args.search} trials of {method} on the validation split", flush=True)
             tuner = tune.Tuner(
                 trainable, param_space={"method": method, **tune_space(SEARCH_SPACE[method])},
                 tune_config=tune.TuneConfig(metric="val_top1", mode="max", num_samples=args.search,
-                                            search_alg=BasicVariantGenerator(random_state=args.search_seed,
-                                                                             max_concurrent=concurrency)),
+                                            search_alg=BasicVariantGenerator(
+                                                points_to_evaluate=[paper(method)], random_state=args.search_seed,
+                                                max_concurrent=concurrency)),
                 run_config=tune.RunConfig(name=f"action-kd-{method}",
                                           storage_path=os.path.abspath(os.path.join(args.out, "search")),
                                           verbose=0))
@@ -268,8 +274,8 @@ def weights_note(args, chosen: dict[str, dict]) -> str:
     """Which distillation weights the students used, and where they came from."""
     if not chosen:
         return "Weights: each method's paper's (the `DistillConfig` defaults)."
-    how = (f"chosen on the validation split by `--search {args.search}` ({args.search} random-search trials "
-           f"per method, student seed {SEARCH_STUDENT_SEED}; search.parquet)" if args.search
+    how = (f"chosen on the validation split by `--search {args.search}` ({args.search} trials per method: the "
+           f"paper's weights, then random draws; student seed {SEARCH_STUDENT_SEED}; search.parquet)" if args.search
            else f"from `--hparams {args.hparams}`")
     lines = [f"Weights {how}; the rest are the papers':", ""]
     lines += [f"- {m}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items())

@@ -228,6 +228,8 @@ def test_action_kd_search_chooses_on_validation_and_hparams_repeat_it(tmp_path):
     assert list(chosen) == ["hinton"] and set(chosen["hinton"]) == {"temperature", "hinton_alpha"}
     trials = pd.read_parquet(tmp_path / "search.parquet")
     assert len(trials) == 2 and trials.val_top1.between(0, 1).all()
+    paper = DistillConfig()     # one trial is the paper's weights, the other a random draw
+    assert ((trials.temperature == paper.temperature) & (trials.hinton_alpha == paper.hinton_alpha)).sum() == 1
     best = trials.sort_values(["val_top1", "trial"], ascending=[False, True]).iloc[0]
     assert chosen["hinton"] == {k: pytest.approx(best[k]) for k in chosen["hinton"]}
     # The students were trained with the chosen weights, and the report says where they came from.
