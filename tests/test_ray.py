@@ -300,7 +300,7 @@ def test_train_pool_runs_retraining_and_distillation_and_reports_a_failing_job(l
     bad = JobInputs("mobilenet_v3_small", SMALL_WORLD.num_classes, {"nonsense": torch.zeros(1)},
                     data.images, data.labels, None, TrainSpec(epochs=1))
     # A generative distillation of an action student, as the priority manager would send it.
-    clips = make_clips(ClipConfig(), 14, seed=4)
+    clips = make_clips(ClipConfig(num_classes=7), 14, seed=4)
     teacher, teacher_cvae = train_teacher(clips, 7, DistillConfig(epochs=1, batch_size=7),
                                           log=lambda *_: None)
     distill = DistillJob("genkd", clips, 7, DistillConfig(epochs=2, batch_size=7),
