@@ -7,7 +7,8 @@ hint, attention transfer, and ours (generative + attention distillation);
 By default every method runs with its paper's weights; ``--search N`` first
 picks each method's distillation weights on the validation split, N Ray Tune
 trials per method (the paper's weights, then random draws from
-``SEARCH_SPACE``; one student seed kept apart from the evaluation seeds), and ``--hparams FILE`` reuses such a choice.
+``SEARCH_SPACE``; one student seed kept apart from the evaluation seeds),
+and ``--hparams FILE`` reuses such a choice.
 Prints top-1 on the test split (mean ± sample std over seeds) with parameters
 and multiply-accumulates per clip, and each method's paired difference per
 seed against no KD and against Hinton KD; writes results.parquet, top1.png
@@ -15,7 +16,7 @@ and results.md (the table with its command and commit; ``--report FILE``
 writes it there too, e.g. into docs/results/).
 
     python experiments/action_kd.py [--seeds 5] [--out runs/action_kd]
-    python experiments/action_kd.py --search 6     # weights chosen on validation first
+    python experiments/action_kd.py --search 3     # weights chosen on validation first
     python experiments/action_kd.py --hparams runs/action_kd/hparams.yaml
     python experiments/action_kd.py --ray          # students as Ray Train jobs
     python experiments/action_kd.py --quick
@@ -77,7 +78,8 @@ def parse_args(argv=None):
         args.train_clips, args.test_clips, args.epochs, args.teacher_epochs = 140, 70, 2, 2
         args.seeds = min(args.seeds, 2)
     args.student_clips = args.train_clips if args.student_clips is None else args.student_clips
-    if min(args.seeds, args.train_clips, args.student_clips, args.test_clips, args.epochs, args.teacher_epochs) < 1:
+    counts = (args.seeds, args.train_clips, args.student_clips, args.test_clips, args.epochs, args.teacher_epochs)
+    if min(counts) < 1:
         p.error("--seeds, the clip counts and the epochs must be >= 1")
     if args.student_clips > args.train_clips:
         p.error(f"--student-clips {args.student_clips} is more than --train-clips {args.train_clips}")
@@ -159,7 +161,7 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
         base=base, threads=max(1, int(cpus))), {"cpu": cpus})
     rows, chosen = [], {}
 
-    def paper(method: str) -> dict:   # the first trial: the paper's weights, so the search can only gain on them
+    def paper(method: str) -> dict:   # the first trial, so the search cannot end below the paper on validation
         return {k: getattr(base, k) for k in SEARCH_SPACE[method]}
 
     try:
@@ -271,9 +273,9 @@ def weights_note(args, chosen: dict[str, dict]) -> str:
     """Which distillation weights the students used, and where they came from."""
     if not chosen:
         return "Weights: each method's paper's (the `DistillConfig` defaults)."
-    how = (f"chosen on the validation split by `--search {args.search}` ({args.search} trials per method: the "
-           f"paper's weights, then random draws; student seed {SEARCH_STUDENT_SEED}; search.parquet)" if args.search
-           else f"from `--hparams {args.hparams}`")
+    how = (f"chosen on the validation split by `--search {args.search}` ({args.search} trials per method: "
+           f"the paper's weights, then random draws; student seed {SEARCH_STUDENT_SEED}; search.parquet)"
+           if args.search else f"from `--hparams {args.hparams}`")
     lines = [f"Weights {how}; the rest are the papers':", ""]
     lines += [f"- {m}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items())
               for m, p in chosen.items()]
