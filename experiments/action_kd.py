@@ -13,7 +13,8 @@ Prints top-1 on the test split (mean ± sample std over seeds) with parameters
 and multiply-accumulates per clip, and each method's paired difference per
 seed against no KD and against Hinton KD; writes results.parquet, top1.png
 and results.md (the table with its command and commit; ``--report FILE``
-writes it there too, e.g. into docs/results/).
+writes it there too, e.g. into docs/results/), and with ``--search``
+search.parquet (every trial) and hparams.yaml (the choice).
 
     python experiments/action_kd.py [--seeds 5] [--out runs/action_kd]
     python experiments/action_kd.py --search 3     # weights chosen on validation first
@@ -43,6 +44,7 @@ from driftlab.platform.models import default_device
 from driftlab.platform.runner import set_determinism
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 1, 2, 3
+TEACHER_LR = 1e-3   # the students keep DistillConfig's 2e-3
 SEARCH_STUDENT_SEED = 100
 """The student seed of every search trial, apart from the evaluation seeds 0, 1, ..."""
 
@@ -63,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--search-seed", type=int, default=0, help="seed of the random search")
     p.add_argument("--hparams", default=None, help="YAML of each method's weights (what --search writes)")
     p.add_argument("--ray", action="store_true", help="run the students as Ray Train jobs")
-    p.add_argument("--address", default=None, help="Ray cluster to join (with --ray)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (with --ray or --search)")
     p.add_argument("--train-workers", type=int, default=1, help="Ray Train workers (with --ray)")
     p.add_argument("--quick", action="store_true", help="a tiny run for tests")
     p.add_argument("--out", default="runs/action_kd")
@@ -102,18 +104,27 @@ def load_hparams(path: str) -> dict[str, dict]:
     if not isinstance(chosen, dict):
         raise ValueError("expected a mapping of method -> {weight: value}")
     for method, params in chosen.items():
-        if method not in SEARCH_SPACE or not isinstance(params, dict):
+        if method not in SEARCH_SPACE:
             raise ValueError(f"unknown method {method!r}; choose from: {', '.join(SEARCH_SPACE)}")
+        if not isinstance(params, dict):
+            raise ValueError(f"{method}: expected a mapping of weight -> value, got {params!r}")
         unknown = sorted(set(params) - set(SEARCH_SPACE[method]))
         if unknown:
             raise ValueError(f"{method} has no weight {', '.join(unknown)}; it has: "
                              f"{', '.join(SEARCH_SPACE[method]) or 'none'}")
+        bad = [k for k, v in params.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise ValueError(f"{method}: {', '.join(bad)}: expected a number")
+        try:
+            DistillConfig(**params)
+        except ValueError as e:
+            raise ValueError(f"{method}: {e}") from None
     return chosen
 
 
 def _student_config(method: str, args, seed: int, chosen: dict[str, dict]) -> DistillConfig:
     """The paper's weights, overridden by what was chosen for the method (an
-    ablation takes seed 2's)."""
+    ablation takes what genkd's search chose)."""
     return DistillConfig(epochs=args.epochs, seed=seed, **chosen.get(base_method(method), {}))
 
 
@@ -126,8 +137,6 @@ def _search_trial(config: dict, train, val, num_classes, targets, cvae_state, ba
                   threads: int) -> None:
     """One Tune trial: a student with ``config``'s weights, scored on validation."""
     from ray import tune
-
-    from driftlab.platform.runner import set_determinism
 
     set_determinism(threads)
     params = {k: v for k, v in config.items() if k != "method"}
@@ -150,12 +159,15 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
     from tune_drift import tune_space  # this script's folder is on sys.path
 
     methods = [m for m in dict.fromkeys(base_method(m) for m in args.methods) if SEARCH_SPACE[m]]
+    if not methods:
+        print("search: none of the methods has a weight to search", flush=True)
+        return {}
     concurrency = max(1, (os.cpu_count() or 1) // 2) if not args.address else 4
     cpus = (os.cpu_count() or 1) / concurrency if not args.address else 2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address=args.address, num_cpus=None if args.address else os.cpu_count() or 1,
              include_dashboard=False, configure_logging=True, logging_level="warning")
-    base = _student_config("none", args, SEARCH_STUDENT_SEED, {})
+    base = DistillConfig(epochs=args.epochs, seed=SEARCH_STUDENT_SEED)
     trainable = tune.with_resources(tune.with_parameters(
         _search_trial, train=train, val=val, num_classes=num_classes, targets=targets, cvae_state=cvae_state,
         base=base, threads=max(1, int(cpus))), {"cpu": cpus})
@@ -182,7 +194,7 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
             if not trials:
                 raise RuntimeError(f"no search trial of {method} finished")
             best = max(trials, key=lambda t: (t["val_top1"], -t["trial"]))
-            chosen[method] = {k: _plain(best[k]) for k in SEARCH_SPACE[method]}
+            chosen[method] = {k: _to_builtin(best[k]) for k in SEARCH_SPACE[method]}
             print(f"search: {method} chose {chosen[method]} (val top-1 {100 * best['val_top1']:.1f} %)", flush=True)
             rows += trials
     finally:
@@ -192,7 +204,7 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
     return chosen
 
 
-def _plain(v):
+def _to_builtin(v):
     return v.item() if hasattr(v, "item") else v
 
 
@@ -264,7 +276,8 @@ def results_markdown(df: pd.DataFrame, cost: dict, clip_cfg: ClipConfig, args, w
             f"Generated by `python experiments/action_kd.py {' '.join(args.argv)}` at commit "
             f"{args.commit}, {datetime.date.today()}, {os.cpu_count()} cores, {wall_s:.0f} s; do not edit "
             f"by hand. {args.train_clips} training clips{own} ({clip_cfg.frames} frames of {clip_cfg.size} px, "
-            f"{clip_cfg.num_classes} classes), teacher {args.teacher_epochs} and students {args.epochs} epochs, "
+            f"{clip_cfg.num_classes} classes), teacher {args.teacher_epochs} epochs at lr {TEACHER_LR:g} and students "
+            f"{args.epochs} at lr {DistillConfig.lr:g}, "
             f"seeds 0-{args.seeds - 1}; mean ± sample std over seeds, differences paired by seed.\n\n"
             + table(df, cost) + "\n\n" + weights_note(args, chosen) + "\n")
 
@@ -277,7 +290,7 @@ def weights_note(args, chosen: dict[str, dict]) -> str:
            f"the paper's weights, then random draws; student seed {SEARCH_STUDENT_SEED}; search.parquet)"
            if args.search else f"from `--hparams {args.hparams}`")
     lines = [f"Weights {how}; the rest are the papers':", ""]
-    lines += [f"- {m}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items())
+    lines += [f"- {m}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items())
               for m, p in chosen.items()]
     return "\n".join(lines)
 
@@ -312,13 +325,13 @@ def main(argv=None) -> int:
     clip_cfg = ClipConfig()
     t0 = time.time()
     train = make_clips(clip_cfg, args.train_clips, TRAIN_SEED)
-    own = Clips(train.videos[:args.student_clips], train.labels[:args.student_clips])   # classes stay balanced
+    student_train = Clips(train.videos[:args.student_clips], train.labels[:args.student_clips])  # classes cycle
     val = make_clips(clip_cfg, max(args.test_clips // 2, clip_cfg.num_classes), VAL_SEED)
     test = make_clips(clip_cfg, args.test_clips, TEST_SEED)
-    among = f" (the students' {len(own)} among them)" if len(own) < len(train) else ""
+    among = f" (the students' {len(student_train)} among them)" if len(student_train) < len(train) else ""
     print(f"clips: {len(train)} train{among} / {len(val)} val / {len(test)} test, "
           f"{clip_cfg.frames} frames of {clip_cfg.size} px, {clip_cfg.num_classes} motions", flush=True)
-    teacher_cfg = DistillConfig(epochs=args.teacher_epochs, lr=1e-3)
+    teacher_cfg = DistillConfig(epochs=args.teacher_epochs, lr=TEACHER_LR)
     device = default_device()
     teacher, teacher_cvae = cached_teacher(train, clip_cfg.num_classes, teacher_cfg, device)
     student = action_student(clip_cfg.num_classes)
@@ -326,10 +339,16 @@ def main(argv=None) -> int:
             "student": (count_params(student), count_macs(student, clip_cfg.frames, clip_cfg.size)),
             "teacher_top1": accuracy(teacher, test, device), "teacher_val": accuracy(teacher, val, device)}
     print(f"teacher: test top-1 {100 * cost['teacher_top1']:.1f} %  ({time.time() - t0:.0f} s)", flush=True)
-    targets = teacher_targets(teacher, own.videos, device)
+    targets = teacher_targets(teacher, student_train.videos, device)
     cvae_state = {k: v.detach().cpu().clone() for k, v in teacher_cvae.state_dict().items()}
-    chosen = search(args, own, val, clip_cfg.num_classes, targets, cvae_state) if args.search else args.chosen
-    jobs = [_job(m, _student_config(m, args, seed, chosen), own, clip_cfg.num_classes, targets, cvae_state)
+    try:
+        chosen = (search(args, student_train, val, clip_cfg.num_classes, targets, cvae_state) if args.search
+                  else args.chosen)
+    except RuntimeError as e:   # no trial of a method finished
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    jobs = [_job(m, _student_config(m, args, seed, chosen), student_train, clip_cfg.num_classes, targets,
+                 cvae_state)
             for seed in range(args.seeds) for m in args.methods]
     rows = []
 

@@ -109,7 +109,7 @@ def _changed(before, module):
 
 def test_each_phase_leaves_the_frozen_part_untouched():
     torch.manual_seed(0)
-    clips = make_clips(ClipConfig(), 14, seed=5)   # BatchNorm needs >1 clip per batch of 7
+    clips = make_clips(ClipConfig(), 14, seed=5)   # two batches of 7: BatchNorm needs more than one clip
     x = clips_to_tensor(clips.videos)
     y = torch.as_tensor(clips.labels)
     net = action_student(ClipConfig().num_classes)
@@ -182,7 +182,7 @@ def test_each_ablation_zeroes_weights_that_are_on_by_default(name):
 
 
 def test_unknown_method_and_missing_targets_are_clear_errors():
-    clips = make_clips(ClipConfig(), 7, seed=1)
+    clips = make_clips(ClipConfig(num_classes=7), 7, seed=1)
     with pytest.raises(ValueError, match="unknown distillation method 'magic'"):
         train_student("magic", clips, 7, DistillConfig())
     with pytest.raises(ValueError, match="needs the teacher's targets"):
@@ -243,6 +243,9 @@ def test_action_kd_search_chooses_on_validation_and_hparams_repeat_it(tmp_path):
                        "--out", str(tmp_path / "again"))
     assert again.returncode == 0 and "search:" not in again.stdout
     assert pd.read_parquet(tmp_path / "again" / "results.parquet").test_top1.iloc[0] == row.test_top1
-    (tmp_path / "bad.yaml").write_text("hinton: {beta: 1.0}\n")
-    bad = _action_kd("--hparams", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad"))
-    assert bad.returncode == 2 and "hinton has no weight beta" in bad.stderr and "Traceback" not in bad.stderr
+    for text, message in (("hinton: {beta: 1.0}", "hinton has no weight beta"),
+                          ("genkd: {ramp_epochs: 0}", "genkd: epochs and ramp_epochs must be >= 1"),
+                          ("fitnet: {hint_weight: lots}", "fitnet: hint_weight: expected a number")):
+        (tmp_path / "bad.yaml").write_text(text + "\n")
+        bad = _action_kd("--hparams", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad"))
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr

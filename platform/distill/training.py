@@ -292,7 +292,7 @@ def train_student(method: str, clips: Clips, num_classes: int, cfg: DistillConfi
     rng = np.random.default_rng(cfg.seed)
     net = action_student(num_classes).to(device)
     x_all = clips_to_tensor(clips.videos, device)
-    y_all = torch.as_tensor(clips.labels, device=device)
+    y_all = torch.as_tensor(np.require(clips.labels, requirements="W"), device=device)   # Ray's are read-only
     t = None if targets is None else {k: torch.as_tensor(np.require(v, requirements="W"), device=device)
                                       for k, v in vars(targets).items()}
     cvae = cvae_opt = None
