@@ -156,7 +156,7 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from tune_drift import tune_space  # this script's folder is on sys.path
+    from tune_drift import _plain, tune_space  # this script's folder is on sys.path
 
     methods = [m for m in dict.fromkeys(base_method(m) for m in args.methods) if SEARCH_SPACE[m]]
     if not methods:
@@ -164,9 +164,7 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
         return {}
     concurrency = max(1, (os.cpu_count() or 1) // 2) if not args.address else 4
     cpus = (os.cpu_count() or 1) / concurrency if not args.address else 2
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=args.address, num_cpus=None if args.address else os.cpu_count() or 1,
-             include_dashboard=False, configure_logging=True, logging_level="warning")
+    start_ray(args)
     base = DistillConfig(epochs=args.epochs, seed=SEARCH_STUDENT_SEED)
     trainable = tune.with_resources(tune.with_parameters(
         _search_trial, train=train, val=val, num_classes=num_classes, targets=targets, cvae_state=cvae_state,
@@ -194,7 +192,7 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
             if not trials:
                 raise RuntimeError(f"no search trial of {method} finished")
             best = max(trials, key=lambda t: (t["val_top1"], -t["trial"]))
-            chosen[method] = {k: _to_builtin(best[k]) for k in SEARCH_SPACE[method]}
+            chosen[method] = {k: _plain(best[k]) for k in SEARCH_SPACE[method]}
             print(f"search: {method} chose {chosen[method]} (val top-1 {100 * best['val_top1']:.1f} %)", flush=True)
             rows += trials
     finally:
@@ -204,8 +202,14 @@ def search(args, train, val, num_classes: int, targets, cvae_state) -> dict[str,
     return chosen
 
 
-def _to_builtin(v):
-    return v.item() if hasattr(v, "item") else v
+def start_ray(args) -> None:
+    """Join ``--address`` or start an embedded Ray (no usage stats), for the
+    search and for ``--ray``."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address=args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, 2),
+             configure_logging=True, logging_level="warning")
 
 
 def run_jobs(jobs: list[DistillJob], args, done: Callable[[DistillJob, tuple | None], None],
@@ -222,9 +226,7 @@ def run_jobs(jobs: list[DistillJob], args, done: Callable[[DistillJob, tuple | N
 
     from driftlab.actors.trainer import TrainPool
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, 2),
-             configure_logging=True, logging_level="warning")
+    start_ray(args)
     pool = TrainPool(num_workers=args.train_workers,
                      gpus_per_worker=0.5 if ray.cluster_resources().get("GPU", 0) else 0.0)
     try:
